@@ -1,0 +1,75 @@
+"""Reading audio: soundfile decodes (torchaudio.load needs torchcodec, which does not load
+everywhere), torchaudio resamples. Every failure names the file."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from spkid.errors import DataError, SpkidError
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
+
+TORCHAUDIO_FIX = ("install a CUDA-linked torch from PyPI next to it, in a fresh virtual "
+                  "environment: pip install 'torch>=2.11,<2.15' 'torchaudio==2.11.*' "
+                  "(a +cpu torch or torch 2.15 cannot load torchaudio 2.11)")
+
+
+def require_torchaudio():
+    """Import torchaudio, or fail in one line that says how to fix the install."""
+    try:
+        import torchaudio
+    except Exception as exc:  # an ABI mismatch raises OSError/ImportError/RuntimeError
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SpkidError(f"torchaudio failed to import ({first}); {TORCHAUDIO_FIX}") from None
+    return torchaudio
+
+
+def audio_info(path: str | Path) -> tuple[float, int]:
+    """(duration in seconds, sample rate) without decoding the samples."""
+    try:
+        info = sf.info(str(path))
+    except Exception as exc:
+        raise DataError(f"{path}: cannot read audio header ({_reason(exc)})") from None
+    if info.samplerate <= 0:
+        raise DataError(f"{path}: invalid sample rate {info.samplerate}")
+    return info.frames / info.samplerate, info.samplerate
+
+
+def read_audio(path: str | Path, sample_rate: int) -> np.ndarray:
+    """Decode a file to mono float32 at `sample_rate` (channels are averaged)."""
+    try:
+        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as exc:
+        raise DataError(f"{path}: cannot decode audio ({_reason(exc)})") from None
+    if data.shape[0] == 0:
+        raise DataError(f"{path}: audio is empty (0 samples)")
+    mono = data.mean(axis=1)
+    if not np.isfinite(mono).all():
+        raise DataError(f"{path}: audio contains NaN or inf samples")
+    return resample(mono, sr, sample_rate)
+
+
+def resample(wave: np.ndarray, orig_sr: int, sample_rate: int) -> np.ndarray:
+    if orig_sr == sample_rate:
+        return np.ascontiguousarray(wave, dtype=np.float32)
+    import torch
+    out = _resampler(orig_sr, sample_rate)(torch.from_numpy(np.ascontiguousarray(wave)))
+    return out.numpy().astype(np.float32, copy=False)
+
+
+@lru_cache(maxsize=16)
+def _resampler(orig_sr: int, sample_rate: int):
+    return require_torchaudio().transforms.Resample(orig_sr, sample_rate)
+
+
+def write_wav(path: str | Path, wave: np.ndarray, sample_rate: int) -> None:
+    sf.write(str(path), np.clip(wave, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[-1] if text else type(exc).__name__

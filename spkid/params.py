@@ -1,0 +1,291 @@
+"""The params.yaml contract: every key, its type, its default and its allowed values.
+
+`load_params` validates the whole file before any stage does work, so a typo or an
+out-of-range value fails at start with one line naming the key and what is allowed.
+Missing keys take their defaults, so tests and users may write partial files.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Callable
+
+import yaml
+
+from spkid.errors import ParamsError
+
+
+@dataclass(frozen=True)
+class Field:
+    kind: str  # "int" | "float" | "str" | "bool" | "int_pair" | "float_pair" | "str_or_list"
+    default: Any
+    help: str
+    choices: tuple | None = None
+    min: float | None = None
+    max: float | None = None
+    above: float | None = None  # strict lower bound
+    nullable: bool = False
+
+
+def _f(kind, default, help, **kw) -> Field:
+    return Field(kind, default, help, **kw)
+
+
+SCHEMA: dict[str, Any] = {
+    "data": {
+        "source": _f("str", "synthetic", "where utterances come from",
+                     choices=("synthetic", "hw4", "audio_dir", "url")),
+        "seed": _f("int", 0, "seed of the synthetic corpus", min=0),
+        "path": _f("str", None, "folder read by hw4/audio_dir (relative to the repo root)",
+                   nullable=True),
+        "url": _f("str_or_list", None, "URL (or list of part URLs, concatenated) for source url",
+                  nullable=True),
+        "sha256": _f("str", None, "expected SHA-256 of the downloaded archive", nullable=True),
+        "layout": _f("str", "auto", "what a url archive holds",
+                     choices=("auto", "hw4", "audio_dir")),
+        "submit_dir": _f("str", None, "audio_dir only: unlabelled audio for the submission",
+                         nullable=True),
+        "verify_dir": _f("str", None, "audio_dir-style folder of unseen speakers for verification",
+                         nullable=True),
+        "min_seconds": _f("float", 0.5, "shortest usable recording", min=0),
+        "short": _f("str", "skip", "what to do with recordings under data.min_seconds",
+                    choices=("skip", "pad")),
+        "synthetic": {
+            "speakers": _f("int", 40, "number of synthetic speakers", min=2),
+            "utterances_per_speaker": _f("int", 20, "labelled utterances per speaker", min=3),
+            "submit_per_speaker": _f("int", 2, "extra unlabelled utterances per speaker", min=0),
+            "min_seconds": _f("float", 2.0, "shortest utterance", above=0),
+            "max_seconds": _f("float", 6.0, "longest utterance", above=0),
+            "snr_db": _f("float", 20.0, "background noise level (higher is cleaner)"),
+            "spread": _f("float", 1.0, "how far apart speaker voices are (lower is harder)",
+                         above=0),
+        },
+    },
+    "features": {
+        "sample_rate": _f("int", 16000, "audio is resampled to this rate (Hz)", min=1000),
+        "n_mels": _f("int", 40, "mel bins", min=1, max=512),
+        "n_fft": _f("int", 400, "FFT size / window length (samples)", min=16),
+        "hop_length": _f("int", 160, "frame hop (samples)", min=1),
+        "f_min": _f("float", 0.0, "lowest mel filter frequency (Hz)", min=0),
+        "f_max": _f("float", None, "highest mel filter frequency (Hz); null = sample_rate/2",
+                    nullable=True, above=0),
+        "shard_size": _f("int", 512, "utterances per Parquet shard", min=1),
+        "batch_size": _f("int", 32, "utterances per feature computation batch", min=1),
+    },
+    "index": {
+        "segment_len": _f("int", 128, "training segment length (frames)", min=8),
+        "val_fraction": _f("float", 0.1, "share of each speaker's utterances for val", min=0, max=0.5),
+        "test_fraction": _f("float", 0.1, "share of each speaker's utterances for test", min=0,
+                            max=0.5),
+        "seed": _f("int", 0, "seed of the split", min=0),
+        "split_by": _f("str", "utterance", "split whole utterances, or cut recordings in time",
+                       choices=("utterance", "time")),
+        "trial_seconds": _f("float", 3.0, "split_by time: length of held-out pieces", above=0),
+    },
+    "model": {
+        "encoder": _f("str", "transformer", "frame encoder", choices=("transformer", "conformer")),
+        "d_model": _f("int", 96, "encoder width", min=8),
+        "layers": _f("int", 2, "encoder layers", min=1),
+        "heads": _f("int", 4, "attention heads (d_model must divide by it)", min=1),
+        "ffn_dim": _f("int", 256, "feed-forward width", min=8),
+        "conv_kernel": _f("int", 15, "conformer depthwise kernel (odd)", min=3),
+        "dropout": _f("float", 0.1, "dropout", min=0, max=0.9),
+        "pooling": _f("str", "sap", "frames -> utterance vector", choices=("mean", "sap")),
+        "attention_dim": _f("int", 64, "sap hidden size (0 = single linear score)", min=0),
+        "embedding_dim": _f("int", 128, "speaker embedding size", min=2),
+        "input_norm": _f("str", "cmn", "per-utterance mean normalisation of log-mels",
+                         choices=("cmn", "none")),
+    },
+    "loss": {
+        "name": _f("str", "am_softmax", "classification head and loss",
+                   choices=("softmax", "am_softmax")),
+        "s": _f("float", 30.0, "cosine logit scale", above=0),
+        "m": _f("float", 0.2, "additive margin on the target class", min=0, max=1),
+    },
+    "train": {
+        "steps": _f("int", 1200, "optimizer steps", min=1),
+        "batch_size": _f("int", 64, "segments per step", min=2),
+        "lr": _f("float", 2e-3, "peak learning rate (AdamW)", above=0),
+        "weight_decay": _f("float", 0.01, "AdamW weight decay", min=0),
+        "warmup_steps": _f("int", 100, "linear warmup steps, then cosine decay", min=0),
+        "seed": _f("int", 0, "seed of init, batches and dropout", min=0),
+        "device": _f("str", "auto", "auto uses CUDA when present", choices=("auto", "cpu", "cuda")),
+        "num_workers": _f("int", 0, "batch-assembly worker processes", min=0),
+        "valid_every": _f("int", 200, "validate every N steps (and at the end)", min=1),
+    },
+    "evaluate": {
+        "seed": _f("int", 0, "seed of the different-speaker trial sample", min=0),
+        "nontarget_ratio": _f("float", 4.0, "different-speaker trials per same-speaker trial",
+                              above=0),
+        "max_trials": _f("int", 200000, "cap on trials per role", min=2),
+        "batch_frames": _f("int", 20000, "padded frames per evaluation batch", min=1),
+    },
+}
+
+
+def _check(path: str, field: Field, value: Any) -> Any:
+    def fail(why: str) -> ParamsError:
+        allowed = f" (allowed: {', '.join(map(str, field.choices))})" if field.choices else ""
+        return ParamsError(f"params: {path} = {value!r}: {why}{allowed}")
+
+    if value is None:
+        if field.nullable:
+            return None
+        raise fail("must not be empty")
+    kind = field.kind
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise fail("must be true or false")
+    elif kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise fail("must be a whole number")
+    elif kind == "float":
+        # YAML 1.1 reads "1e-3" as a string; DVC's -S writes it that way, so accept it.
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise fail("must be a number") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise fail("must be a number")
+        value = float(value)
+        if not math.isfinite(value):
+            raise fail("must be finite")
+    elif kind == "str":
+        if not isinstance(value, str):
+            raise fail("must be a string")
+    elif kind == "str_or_list":
+        if isinstance(value, str):
+            value = [value]
+        if not (isinstance(value, list) and value and all(isinstance(v, str) for v in value)):
+            raise fail("must be a string or a non-empty list of strings")
+    elif kind in ("int_pair", "float_pair"):
+        num = int if kind == "int_pair" else (int, float)
+        if not (isinstance(value, list) and len(value) == 2
+                and all(isinstance(v, num) and not isinstance(v, bool) for v in value)):
+            raise fail("must be a list of two numbers [low, high]")
+        if value[0] > value[1]:
+            raise fail("low must not exceed high")
+    if field.choices is not None and value not in field.choices:
+        raise fail("unknown value")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if field.min is not None and value < field.min:
+            raise fail(f"must be >= {field.min:g}")
+        if field.above is not None and value <= field.above:
+            raise fail(f"must be > {field.above:g}")
+        if field.max is not None and value > field.max:
+            raise fail(f"must be <= {field.max:g}")
+    return value
+
+
+def _validate(schema: dict, raw: Any, prefix: str) -> dict:
+    where = prefix.rstrip(".") or "params file"
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ParamsError(f"params: {where} must be a mapping of keys, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - set(schema))
+    if unknown:
+        raise ParamsError(f"params: unknown key {prefix}{unknown[0]} "
+                          f"(allowed under {where}: {', '.join(schema)})")
+    out = {}
+    for key, spec in schema.items():
+        path = prefix + key
+        if isinstance(spec, dict):
+            out[key] = _validate(spec, raw.get(key), path + ".")
+        else:
+            out[key] = _check(path, spec, raw.get(key, spec.default))
+    return out
+
+
+class Params:
+    """Read-only attribute view of validated params: `p.loss.m`, `p.section("model")`."""
+
+    def __init__(self, values: dict):
+        object.__setattr__(self, "_values", MappingProxyType(values))
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            value = self._values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+        return Params(value) if isinstance(value, (dict, MappingProxyType)) else value
+
+    def __setattr__(self, name, value):
+        raise AttributeError("params are read-only")
+
+    def to_dict(self) -> dict:
+        def plain(v):
+            return {k: plain(x) for k, x in v.items()} if isinstance(v, (dict, MappingProxyType)) else v
+        return plain(self._values)
+
+    def __repr__(self) -> str:
+        return f"Params({self.to_dict()!r})"
+
+
+_CROSS_CHECKS: list[tuple[str, Callable[[dict], bool], str]] = [
+    ("data.synthetic.max_seconds", lambda p: p["data"]["synthetic"]["max_seconds"]
+     >= p["data"]["synthetic"]["min_seconds"], "must be >= data.synthetic.min_seconds"),
+    ("index.test_fraction", lambda p: p["index"]["val_fraction"] + p["index"]["test_fraction"] < 0.9,
+     "index.val_fraction + index.test_fraction must stay under 0.9"),
+    ("model.heads", lambda p: p["model"]["d_model"] % p["model"]["heads"] == 0,
+     "model.d_model must be divisible by model.heads"),
+    ("model.conv_kernel", lambda p: p["model"]["conv_kernel"] % 2 == 1, "must be odd"),
+    ("features.n_fft", lambda p: p["features"]["n_fft"] >= p["features"]["hop_length"],
+     "must be >= features.hop_length"),
+    ("features.f_max", lambda p: (p["features"]["f_max"] or p["features"]["sample_rate"] / 2)
+     <= p["features"]["sample_rate"] / 2
+     and (p["features"]["f_max"] or p["features"]["sample_rate"] / 2) > p["features"]["f_min"],
+     "must lie in (features.f_min, features.sample_rate / 2]"),
+    ("data.path", lambda p: p["data"]["source"] not in ("hw4", "audio_dir") or bool(p["data"]["path"]),
+     "is required when data.source is hw4 or audio_dir"),
+    ("data.url", lambda p: p["data"]["source"] != "url" or bool(p["data"]["url"]),
+     "is required when data.source is url"),
+]
+
+
+def validate_params(raw: Any) -> Params:
+    values = _validate(SCHEMA, raw, "")
+    for key, ok, why in _CROSS_CHECKS:
+        if not ok(values):
+            section, _, name = key.rpartition(".")
+            value = values
+            for part in key.split("."):
+                value = value[part]
+            raise ParamsError(f"params: {key} = {value!r}: {why}")
+    return Params(values)
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ParamsError(f"params: file not found: {path}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        where = f" line {line + 1}" if line is not None else ""
+        raise ParamsError(f"params: {path}{where} is not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    try:
+        return validate_params(raw)
+    except ParamsError as exc:
+        raise ParamsError(f"{path}: {exc}") from None
+
+
+def defaults() -> dict:
+    """The default params as a plain nested dict (what params.yaml ships)."""
+    return _validate(SCHEMA, {}, "")
+
+
+def iter_fields(schema: dict = SCHEMA, prefix: str = ""):
+    """(dotted key, Field) for every leaf, in schema order: the params reference."""
+    for key, spec in schema.items():
+        if isinstance(spec, dict):
+            yield from iter_fields(spec, prefix + key + ".")
+        else:
+            yield prefix + key, spec
