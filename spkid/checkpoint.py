@@ -1,0 +1,62 @@
+"""A model directory: `model.pt` (a plain state_dict, loadable with weights_only=True) and
+`model.json` (everything needed to rebuild the network and reproduce its input features)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from spkid.atomic import atomic_path, write_json
+from spkid.errors import DataError
+
+WEIGHTS, CONFIG = "model.pt", "model.json"
+
+
+def model_config(p, n_mels: int, speakers: list[str], features: dict) -> dict:
+    return {"model": p.model.to_dict(), "loss": p.loss.to_dict(), "n_mels": n_mels,
+            "speakers": list(speakers), "features": features}
+
+
+def build_model(config: dict):
+    from spkid.models import SpeakerNet
+    from spkid.params import Params
+    return SpeakerNet(Params(config["model"]), Params(config["loss"]), config["n_mels"],
+                      len(config["speakers"]))
+
+
+def save_weights(folder: str | Path, state_dict: dict) -> None:
+    with atomic_path(Path(folder) / WEIGHTS) as tmp:
+        torch.save(state_dict, tmp)
+
+
+def save_model_dir(folder: str | Path, state_dict: dict | None, config: dict) -> None:
+    if state_dict is not None:
+        save_weights(folder, state_dict)
+    write_json(Path(folder) / CONFIG, config)
+
+
+def load_model_dir(folder: str | Path, device: str | torch.device = "cpu"):
+    """(model in eval mode, config). Weights are loaded with weights_only=True: a model
+    directory may come from a stranger."""
+    folder = Path(folder)
+    try:
+        config = json.loads((folder / CONFIG).read_text())
+    except FileNotFoundError:
+        raise DataError(f"{folder / CONFIG}: not found (train a model first)") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{folder / CONFIG}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
+    try:
+        state = torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise DataError(f"{folder / WEIGHTS}: not found") from None
+    except Exception as exc:
+        raise DataError(f"{folder / WEIGHTS}: cannot load weights ({str(exc).splitlines()[0]})") from None
+    model = build_model(config)
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError) as exc:
+        raise DataError(f"{folder / WEIGHTS}: does not match {folder / CONFIG} "
+                        f"({str(exc).splitlines()[0]})") from None
+    return model.to(device).eval(), config

@@ -1,0 +1,43 @@
+"""The exported artefacts: the Kaggle submission and a self-describing model folder."""
+
+from __future__ import annotations
+
+import csv
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from spkid.atomic import atomic_path
+
+
+def write_submission(path: str | Path, utterance_ids: list[str], speakers: list[str]) -> None:
+    """Kaggle HW4 format: header `Id,Category`, one row per submit utterance."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["Id", "Category"])
+        out.writerows(zip(utterance_ids, speakers))
+
+
+def predicted_speakers(logits: np.ndarray, speakers: list[str]) -> list[str]:
+    return [speakers[k] for k in logits.argmax(axis=1)] if len(logits) else []
+
+
+def provenance(repo: str | Path = ".") -> dict:
+    """Package versions and the git revision, so a model can be traced to its code."""
+    versions = {"python": platform.python_version()}
+    for name in ("spkid", "torch", "torchaudio", "numpy", "pyarrow"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
+                             text=True, timeout=10).stdout.strip() or None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        rev, dirty = None, ""
+    return {"versions": versions, "git_revision": rev, "git_dirty": bool(dirty)}

@@ -1,0 +1,32 @@
+"""Encoder -> pooling -> embedding -> head, assembled from names in the params."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from spkid.models.pooling import masked_mean
+from spkid.models.registry import ENCODERS, HEADS, POOLINGS, lookup
+
+
+class SpeakerNet(nn.Module):
+    def __init__(self, model, loss, n_mels: int, n_speakers: int):
+        super().__init__()
+        self.input_norm = model.input_norm
+        self.encoder = lookup(ENCODERS, model.encoder, "encoder")(n_mels, model)
+        self.pooling = lookup(POOLINGS, model.pooling, "pooling")(self.encoder.out_dim, model)
+        self.embedding = nn.Linear(self.pooling.out_dim, model.embedding_dim)
+        self.head = lookup(HEADS, loss.name, "loss")(model.embedding_dim, n_speakers, loss)
+
+    def embed(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x (B, T, n_mels) log-mels, mask (B, T) True on real frames -> (B, embedding_dim)."""
+        if self.input_norm == "cmn":
+            # Per-utterance mean removal cancels channel and loudness offsets.
+            x = (x - masked_mean(x, mask).unsqueeze(1)) * mask.unsqueeze(-1).to(x.dtype)
+        return self.embedding(self.pooling(self.encoder(x, mask), mask))
+
+    def forward(self, x, mask, labels=None):
+        """Embeddings and logits (with the training margin when labels are given)."""
+        emb = self.embed(x, mask)
+        return emb, self.head(emb, labels)
+

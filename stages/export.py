@@ -1,0 +1,54 @@
+"""export: data/export/submission.csv (Kaggle HW4 format) and data/export/model/."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import typer
+
+from spkid.atomic import atomic_dir
+from spkid.checkpoint import load_model_dir, save_model_dir
+from spkid.export import predicted_speakers, provenance, write_submission
+from spkid.params import load_params
+from spkid.shards import load_features
+from spkid.training import embed_views, pick_device
+from stages.common import ParamsOption, one_line_errors, summary
+from stages.layout import EVAL_METRICS, EXPORT, EXPORT_MODEL, FEATURES, MODEL, SUBMISSION, VIEWS
+
+app = typer.Typer(add_completion=False)
+
+
+@app.command()
+@one_line_errors
+def export(params: Path = ParamsOption):
+    """Predict the submit utterances and package the model with its threshold."""
+    started = time.perf_counter()
+    p = load_params(params)
+    device = pick_device(p.train.device)
+    model, config = load_model_dir(MODEL, device)
+    views = pq.read_table(VIEWS)
+    submit = views.filter(pc.equal(views["role"], "submit")).to_pydict()
+    store = load_features(FEATURES, keep=set(submit["source_id"]))
+    _, logits = embed_views(model, store, submit, p.evaluate.batch_frames, device)
+    predicted = predicted_speakers(logits, config["speakers"])
+    scores = json.loads(EVAL_METRICS.read_text())
+    # The val split chose the model, so its EER threshold is the operating point we ship.
+    threshold = next((scores[r]["eer_threshold"] for r in ("val", "test")
+                      if scores.get(r, {}).get("eer_threshold") is not None), None)
+    with atomic_dir(EXPORT) as tmp:
+        write_submission(tmp / SUBMISSION.name, submit["utterance_id"], predicted)
+        state = {k: v.cpu() for k, v in model.state_dict().items()}
+        save_model_dir(tmp / EXPORT_MODEL.name, state, {
+            **config, "eer_threshold": threshold, "threshold_from": "val EER",
+            **provenance()})
+    summary("export", f"{len(predicted)} submission rows, model with threshold "
+            f"{threshold if threshold is None else round(threshold, 4)}",
+            time.perf_counter() - started)
+
+
+if __name__ == "__main__":
+    app()

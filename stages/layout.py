@@ -1,0 +1,22 @@
+"""Where each stage reads and writes, relative to the repository root (dvc.yaml agrees)."""
+
+from pathlib import Path
+
+RAW = Path("data/raw")
+MANIFEST = RAW / "manifest.parquet"
+SOURCE_STAMP = RAW / "source.json"
+DOWNLOADS = Path("data/downloads")  # download cache, outside every DVC out
+FEATURES = Path("data/features")
+INDEX = Path("data/index")
+VIEWS = INDEX / "utterances.parquet"
+SEGMENTS = INDEX / "segments.parquet"
+SPEAKERS = INDEX / "speakers.json"
+MODEL = Path("data/model")
+EXPORT = Path("data/export")
+SUBMISSION = EXPORT / "submission.csv"
+EXPORT_MODEL = EXPORT / "model"
+METRICS = Path("metrics")
+TRAIN_METRICS = METRICS / "train.json"
+TRAIN_LIVE = METRICS / "train"  # dvclive folder: per-step curves for `dvc plots`
+EVAL_METRICS = METRICS / "eval.json"
+DET_DIR = METRICS / "det"  # one DET curve per role, for `dvc plots`
