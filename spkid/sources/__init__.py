@@ -1,0 +1,8 @@
+"""Where utterances come from: readers that turn a data folder (or a download) into
+manifest rows. Each module takes paths as arguments and knows nothing about the
+repository layout; the `download` stage decides where things live.
+
+    hw4        the ML2021-2023 HW4 Kaggle folder of precomputed log-mel .pt files
+    audio_dir  a folder of recordings, one subfolder per speaker
+    fetch      download / verify / unpack an archive and tell which of the two it holds
+"""

@@ -1,0 +1,94 @@
+"""Verification on unseen speakers: which recordings `evaluate` scores besides val/test.
+
+Two ways to name them (both may be given):
+
+    verify_dir   an audio_dir-style folder (<speaker>/**/<audio>) of speakers the model
+                 never trained on; `evaluate` scores all same-speaker pairs plus a seeded
+                 sample of different-speaker pairs, as for val and test
+    trials       a VoxCeleb-style list, one `label enroll_path test_path` per line; paths
+                 are relative to verify_dir when it is given, else to the list's folder
+
+`scan_verification` turns either into manifest rows with size/mtime fingerprints (the
+`download` stage writes them to data/raw/verify.parquet, so DVC re-runs `evaluate` when a
+file changes) and `verification_trials` turns the rows back into scored pairs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from spkid.errors import DataError
+from spkid.manifest import ManifestRow
+from spkid.sources.audio_dir import check_audio, read_trials_list, scan_verify
+
+FORMAT = "verify"
+VERIFY_MANIFEST = "verify.parquet"  # its name next to manifest.parquet (data/raw/)
+
+
+def scan_verification(verify_dir: str | Path | None, trials: str | Path | None
+                      ) -> tuple[list[ManifestRow], dict]:
+    """(rows, meta) for the verification audio; no rows when neither is given.
+
+    meta["kind"] is None, "dir" (all of verify_dir, trials sampled at evaluation) or
+    "trials" (only the files the list names). With a trial list the list's SHA-256 is part
+    of meta, so editing a label changes the manifest too."""
+    if verify_dir is None and trials is None:
+        return [], {"format": FORMAT, "kind": None}
+    if trials is None:
+        folder = Path(os.path.abspath(verify_dir))
+        rows = scan_verify(folder)
+        return rows, {"format": FORMAT, "kind": "dir", "verify_dir": str(folder),
+                      "speakers": sorted({r.speaker for r in rows})}
+
+    trials = Path(os.path.abspath(trials))
+    root = Path(os.path.abspath(verify_dir if verify_dir is not None else trials.parent))
+    if verify_dir is not None and not root.is_dir():
+        raise DataError(f"{verify_dir}: verification folder not found" if not root.exists()
+                        else f"{verify_dir}: verification folder is not a folder")
+    pairs = read_trials_list(trials, root)
+    files = sorted({f for _, a, b in pairs for f in (a, b)})
+    rows = []
+    for f in files:
+        rel = PurePosixPath(Path(os.path.relpath(f, root)).as_posix())
+        duration = check_audio(f)
+        st = os.stat(f)
+        # Under verify_dir the first folder is the speaker, as in an audio_dir.
+        speaker = rel.parts[0] if verify_dir is not None and len(rel.parts) > 1 else None
+        rows.append(ManifestRow(utterance_id=str(rel), speaker=speaker, path=str(f),
+                                duration=duration, size=st.st_size, mtime_ns=st.st_mtime_ns))
+    digest = hashlib.sha256(trials.read_bytes()).hexdigest()
+    return rows, {"format": FORMAT, "kind": "trials", "trials": str(trials),
+                  "audio_root": str(root), "trials_sha256": digest, "pairs": len(pairs)}
+
+
+def verification_trials(rows: list[ManifestRow], meta: dict, *, seed: int,
+                        nontarget_ratio: float, max_trials: int
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(i, j, label) int64 arrays of trials over `rows` (label 1 = same speaker)."""
+    from spkid.metrics import sample_trials
+
+    kind = meta.get("kind")
+    if kind == "dir":
+        return sample_trials([r.speaker for r in rows], seed, nontarget_ratio, max_trials)
+    if kind != "trials":
+        raise ValueError(f"no verification trials (kind {kind!r})")
+    trials = Path(meta["trials"])
+    if not trials.is_file():
+        raise DataError(f"{trials}: trial list not found")
+    if hashlib.sha256(trials.read_bytes()).hexdigest() != meta.get("trials_sha256"):
+        raise DataError(f"{trials}: trial list changed since the download stage read it "
+                        "(run `dvc repro` again)")
+    where = {r.path: k for k, r in enumerate(rows)}
+    index = []
+    for label, a, b in read_trials_list(trials, meta["audio_root"]):
+        if str(a) not in where or str(b) not in where:
+            missing = a if str(a) not in where else b
+            raise DataError(f"{missing}: named by {trials} but not in the verification "
+                            "manifest (run `dvc repro` again)")
+        index.append((where[str(a)], where[str(b)], label))
+    arr = np.asarray(index, dtype=np.int64).reshape(-1, 3)
+    return arr[:, 0], arr[:, 1], arr[:, 2]

@@ -1,0 +1,148 @@
+"""End to end: the real `spkid` CLI under the real `dvc repro` / `dvc exp run` in a
+temporary git repository holding a copy of the project."""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PROJECT_FILES = ["dvc.yaml", "params.yaml", "pyproject.toml", ".dvcignore", ".gitignore",
+                 ".dvc/config", ".dvc/.gitignore", "spkid", "stages"]
+TINY = {
+    "data": {"synthetic": {"speakers": 5, "utterances_per_speaker": 8, "submit_per_speaker": 1,
+                           "min_seconds": 1.0, "max_seconds": 2.0}},
+    "index": {"val_fraction": 0.25, "test_fraction": 0.25},
+    "model": {"d_model": 32, "layers": 1, "heads": 2, "ffn_dim": 64, "embedding_dim": 32},
+    "train": {"steps": 40, "batch_size": 16, "valid_every": 20, "warmup_steps": 5},
+}
+
+
+def copy_project(dest: Path, params: dict) -> None:
+    for name in PROJECT_FILES:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+    shipped = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for section, values in params.items():
+        merge(shipped[section], values)
+    (dest / "params.yaml").write_text(yaml.safe_dump(shipped, sort_keys=False))
+
+
+def merge(into: dict, values: dict) -> None:
+    for k, v in values.items():
+        if isinstance(v, dict):
+            merge(into[k], v)
+        else:
+            into[k] = v
+
+
+def run(cmd, cwd, env, check=True):
+    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    if check and out.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    return out
+
+
+@pytest.fixture
+def repo(tmp_path):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com",
+           "DVC_NO_ANALYTICS": "1"}
+    run(["git", "init", "-q", "-b", "main"], tmp_path, env)
+    return tmp_path, env
+
+
+def commit(path, env, message):
+    run(["git", "add", "-A"], path, env)
+    run(["git", "commit", "-q", "-m", message], path, env)
+
+
+def read_metrics(path: Path) -> dict:
+    return json.loads((path / "metrics" / "eval.json").read_text())
+
+
+@pytest.mark.e2e
+def test_repro_then_experiment(repo):
+    path, env = repo
+    copy_project(path, TINY)
+    commit(path, env, "project")
+
+    out = run(["dvc", "repro"], path, env)
+    for stage in ("download", "features", "index", "train", "evaluate", "export"):
+        assert f"[{stage}]" in out.stdout, f"stage {stage} printed no summary"
+    base = read_metrics(path)
+    for role in ("val", "test"):
+        assert set(base[role]) >= {"accuracy_top1", "accuracy_top5", "eer", "min_dcf_p01",
+                                   "min_dcf_p05", "trials"}
+        assert 0.0 <= base[role]["accuracy_top1"] <= base[role]["accuracy_top5"] <= 1.0
+        assert base[role]["eer"] is not None and 0.0 <= base[role]["eer"] <= 1.0
+        assert base[role]["trials"] > 0
+    train_metrics = json.loads((path / "metrics" / "train.json").read_text())
+    assert train_metrics["steps"] == 40 and 0 <= train_metrics["best_val_accuracy"] <= 1
+
+    # The submission has one row per submit utterance, each a known speaker.
+    views = pq.read_table(path / "data/index/utterances.parquet").to_pylist()
+    submit_ids = [v["utterance_id"] for v in views if v["role"] == "submit"]
+    speakers = json.loads((path / "data/index/speakers.json").read_text())["speakers"]
+    with open(path / "data/export/submission.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["Id", "Category"]
+    assert [r[0] for r in rows[1:]] == submit_ids and len(submit_ids) == 5
+    assert all(r[1] in speakers for r in rows[1:])
+    model_json = json.loads((path / "data/export/model/model.json").read_text())
+    assert model_json["speakers"] == speakers and model_json["features"]["n_mels"] == 40
+    assert isinstance(model_json["eer_threshold"], float)
+    state = torch.load(path / "data/export/model/model.pt", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+
+    # Nothing changed: a second repro runs no stage but the cheap download check.
+    again = run(["dvc", "repro"], path, env)
+    assert "[train]" not in again.stdout and "is current" in again.stdout
+    commit(path, env, "baseline results")
+
+    # Determinism: training again on the same params gives the very same model.
+    lock_before = yaml.safe_load((path / "dvc.lock").read_text())["stages"]["train"]["outs"]
+    run(["dvc", "repro", "--force", "--single-item", "train"], path, env)
+    lock_after = yaml.safe_load((path / "dvc.lock").read_text())["stages"]["train"]["outs"]
+    assert lock_after == lock_before
+    assert json.loads((path / "metrics" / "train.json").read_text()) == train_metrics
+
+    run(["dvc", "exp", "run", "-S", "loss.m=0.35"], path, env)
+    exp = read_metrics(path)
+    assert exp != base, "a larger margin must change the metrics"
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], path, env).stdout)
+    margins = []
+    for rev in shown:
+        entries = [rev] + [e for x in rev.get("experiments") or [] for e in x.get("revs", [])]
+        for e in entries:
+            data = e.get("data") or {}
+            m = data.get("params", {}).get("params.yaml", {}).get("data", {}).get("loss", {}).get("m")
+            if m is not None:
+                margins.append(m)
+    assert 0.2 in margins and 0.35 in margins, margins
+    diff = run(["dvc", "metrics", "diff", "--json"], path, env).stdout
+    assert "eval.json" in diff
+
+
+@pytest.mark.e2e
+def test_bad_params_stop_before_any_work(repo):
+    path, env = repo
+    copy_project(path, {**TINY, "loss": {"m": -0.5}})
+    commit(path, env, "bad")
+    out = run(["dvc", "repro"], path, env, check=False)
+    assert out.returncode != 0
+    assert "loss.m = -0.5: must be >= 0" in out.stderr + out.stdout
+    assert not (path / "data" / "raw" / "manifest.parquet").exists()

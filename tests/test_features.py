@@ -1,0 +1,70 @@
+import numpy as np
+import pytest
+
+from spkid.features import LOG_FLOOR, LogMelExtractor, pad_to_min_length
+
+
+def hz_to_mel(f):
+    return 2595.0 * np.log10(1.0 + np.asarray(f) / 700.0)
+
+
+def mel_to_hz(m):
+    return 700.0 * (10 ** (np.asarray(m) / 2595.0) - 1.0)
+
+
+def numpy_log_mel(wave, sr, n_fft, hop, n_mels, f_min, f_max):
+    """Textbook log-mel: reflect padding, periodic Hann, |FFT|^2, triangular HTK filters."""
+    half = n_fft // 2
+    padded = np.pad(wave.astype(np.float64), (half, half), mode="reflect")
+    n_frames = 1 + (len(padded) - n_fft) // hop
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)
+    frames = np.stack([padded[t * hop:t * hop + n_fft] * window for t in range(n_frames)])
+    power = np.abs(np.fft.rfft(frames, axis=1)) ** 2
+    freqs = np.linspace(0, sr / 2, n_fft // 2 + 1)
+    edges = mel_to_hz(np.linspace(hz_to_mel(f_min), hz_to_mel(f_max), n_mels + 2))
+    bank = np.zeros((len(freqs), n_mels))
+    for k in range(n_mels):
+        lo, mid, hi = edges[k:k + 3]
+        bank[:, k] = np.maximum(0, np.minimum((freqs - lo) / (mid - lo), (hi - freqs) / (hi - mid)))
+    return np.log(np.maximum(power @ bank, LOG_FLOOR))
+
+
+@pytest.mark.parametrize("n_mels,f_min,f_max", [(40, 0.0, None), (64, 50.0, 7000.0)])
+def test_log_mel_matches_numpy_reference(n_mels, f_min, f_max):
+    sr = 16000
+    t = np.arange(int(0.73 * sr)) / sr
+    rng = np.random.default_rng(1)
+    wave = (0.5 * np.sin(2 * np.pi * 440 * t) + 0.2 * np.sin(2 * np.pi * 2500 * t)
+            + 0.01 * rng.standard_normal(len(t))).astype(np.float32)
+    ext = LogMelExtractor(sr, n_mels, 400, 160, f_min, f_max)
+    ours = ext([wave])[0]
+    ref = numpy_log_mel(wave, sr, 400, 160, n_mels, f_min, f_max or sr / 2)
+    assert ours.shape == ref.shape == (1 + len(wave) // 160, n_mels)
+    np.testing.assert_allclose(ours, ref, atol=2e-3, rtol=1e-4)
+    # The loudest band is the one holding 440 Hz.
+    edges = mel_to_hz(np.linspace(hz_to_mel(f_min), hz_to_mel(f_max or sr / 2), n_mels + 2))
+    band = int(np.argmax(ours[5:-5].mean(axis=0)))
+    assert edges[band] < 440 < edges[band + 2]
+
+
+def test_batch_does_not_change_features():
+    rng = np.random.default_rng(0)
+    long, short = rng.standard_normal(16000).astype(np.float32), rng.standard_normal(5000).astype(np.float32)
+    ext = LogMelExtractor()
+    together = ext([long, short])
+    alone = ext([short])
+    assert together[1].shape == (1 + 5000 // 160, 40)
+    np.testing.assert_array_equal(together[1], alone[0])
+
+
+def test_silence_stays_finite_and_tiny_clip_works():
+    ext = LogMelExtractor()
+    out = ext([np.zeros(100, np.float32)])[0]
+    assert np.isfinite(out).all() and out.shape == (1, 40)
+    assert np.allclose(out, np.log(LOG_FLOOR))
+
+
+def test_pad_to_min_length_repeats_audio():
+    wave = np.arange(5, dtype=np.float32)
+    np.testing.assert_array_equal(pad_to_min_length(wave, 12), [0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 0, 1])
+    assert pad_to_min_length(wave, 3) is wave

@@ -1,0 +1,79 @@
+import re
+from pathlib import Path
+
+import pytest
+
+from spkid.errors import ParamsError
+from spkid.params import defaults, iter_fields, load_params, validate_params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_shipped_params_equal_schema_defaults():
+    assert load_params(ROOT / "params.yaml").to_dict() == defaults()
+
+
+def test_contract_defaults():
+    p = validate_params({})
+    assert (p.features.sample_rate, p.features.n_mels, p.features.n_fft, p.features.hop_length) == (16000, 40, 400, 160)
+    assert (p.index.segment_len, p.loss.name, p.loss.s, p.loss.m) == (128, "am_softmax", 30.0, 0.2)
+    assert p.data.source == "synthetic" and p.train.device == "auto"
+
+
+@pytest.mark.parametrize("raw,pattern", [
+    ({"loss": {"m": -0.1}}, r"loss\.m = -0\.1: must be >= 0"),
+    ({"model": {"encoder": "lstm"}}, r"model\.encoder = 'lstm': unknown value \(allowed: transformer, conformer"),
+    ({"model": {"pooling": "max"}}, r"model\.pooling.*allowed: mean, sap"),
+    ({"loss": {"name": "triplet"}}, r"loss\.name.*allowed: softmax, am_softmax"),
+    ({"train": {"steps": "many"}}, r"train\.steps = 'many': must be a whole number"),
+    ({"train": {"steps": 10.5}}, r"train\.steps"),
+    ({"train": {"lr": "fast"}}, r"train\.lr = 'fast': must be a number"),
+    ({"train": {"device": "tpu"}}, r"train\.device.*allowed: auto, cpu, cuda"),
+    ({"train": {"compile": 1}}, r"train\.compile = 1: must be true or false"),
+    ({"trian": {"steps": 1}}, r"unknown key trian \(allowed under params file: data, features"),
+    ({"loss": {"margin": 0.3}}, r"unknown key loss\.margin \(allowed under loss: name, s, m"),
+    ({"model": {"d_model": 30, "heads": 4}}, r"model\.heads = 4: model\.d_model must be divisible"),
+    ({"index": {"val_fraction": 0.5, "test_fraction": 0.45}}, r"index\.test_fraction"),
+    ({"data": {"source": "hw4"}}, r"data\.path = None: is required"),
+    ({"data": {"synthetic": {"min_seconds": 5, "max_seconds": 2}}}, r"data\.synthetic\.max_seconds"),
+    ({"features": {"f_max": 9000.0}}, r"features\.f_max"),
+    ({"loss": {"margin_warmup": [500, 100]}}, r"loss\.margin_warmup.*low must not exceed high"),
+    ({"model": "big"}, r"model must be a mapping"),
+])
+def test_bad_params_fail_with_one_line_naming_the_key(raw, pattern):
+    with pytest.raises(ParamsError) as err:
+        validate_params(raw)
+    message = str(err.value)
+    assert "\n" not in message
+    assert re.search(pattern, message), message
+
+
+def test_numeric_strings_and_ints_accepted_for_floats():
+    p = validate_params({"train": {"lr": "1e-3"}, "loss": {"s": 16}})
+    assert p.train.lr == 0.001 and isinstance(p.loss.s, float)
+
+
+def test_file_errors_name_the_file(tmp_path):
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(ParamsError, match="nope.yaml"):
+        load_params(missing)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(ParamsError, match=r"bad\.yaml.*not valid YAML"):
+        load_params(bad)
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text("loss:\n  m: -1\n")
+    with pytest.raises(ParamsError, match=r"wrong\.yaml: params: loss\.m"):
+        load_params(wrong)
+
+
+def test_params_are_read_only():
+    p = validate_params({})
+    with pytest.raises(AttributeError):
+        p.loss.m = 0.5
+
+
+def test_readme_documents_every_key():
+    readme = (ROOT / "README.md").read_text()
+    missing = [key for key, _ in iter_fields() if f"`{key}`" not in readme]
+    assert not missing, f"README params reference lacks {missing}"
