@@ -64,26 +64,33 @@ def embed_views(model, store: FeatureStore, views, batch_frames: int,
             embs[i], logits[i] = e[k].float().cpu().numpy(), z[k].float().cpu().numpy()
     model.train(was_training)
     if not embs:
-        return np.zeros((0, model.embedding.out_features), np.float32), np.zeros((0, 0), np.float32)
+        return np.zeros((0, model.embedding_dim), np.float32), np.zeros((0, 0), np.float32)
     return np.stack(embs), np.stack(logits)
 
 
 @dataclass
 class TrainResult:
+    """Progress so far; saved in every checkpoint so a resumed run ends where an
+    uninterrupted one would."""
+    step: int = 0
     best_step: int = 0
     best_val_accuracy: float = -1.0
     final_train_loss: float = float("nan")
     final_train_accuracy: float = float("nan")
-    steps: int = 0
-    seconds: float = 0.0
+    window: list = field(default_factory=lambda: [0.0, 0.0, 0])  # loss sum, accuracy sum, steps
     history: list[dict] = field(default_factory=list)
 
 
 def train(model, batches, val_views, store: FeatureStore, t, *, device: torch.device,
           batch_frames: int, save_best: Callable[[dict], None],
-          log: Callable[[dict, int], None] = lambda metrics, step: None,
-          progress: bool = True) -> TrainResult:
-    """Run `t.steps` optimizer steps (t: the train params). `batches[k]` is batch k."""
+          save_checkpoint: Callable[[dict], None] = lambda snapshot: None,
+          resume: dict | None = None, margin_at: Callable[[int], float | None] = lambda step: None,
+          augment: Callable = lambda x, mask: x, log: Callable[[dict, int], None] = lambda m, s: None,
+          rank: int = 0, world: int = 1, progress: bool = True) -> TrainResult:
+    """Run optimizer steps up to `t.steps` (t: the train params); `batches[k]` is batch k.
+
+    With `world` > 1 the model is wrapped in DistributedDataParallel; rank 0 alone
+    validates, logs and saves."""
     from tqdm import tqdm
 
     model.to(device).train()
@@ -91,52 +98,91 @@ def train(model, batches, val_views, store: FeatureStore, t, *, device: torch.de
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(t.warmup_steps, t.steps))
     use_scaler = device.type == "cuda" and not torch.cuda.is_bf16_supported()
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+    state = TrainResult()
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        schedule.load_state_dict(resume["schedule"])
+        scaler.load_state_dict(resume["scaler"])
+        torch.set_rng_state(resume["rng_cpu"])
+        if device.type == "cuda" and resume.get("rng_cuda") is not None:
+            torch.cuda.set_rng_state(resume["rng_cuda"], device)
+        state = TrainResult(**resume["progress"])
+    forward = model
+    if world > 1:
+        forward = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if t.compile and device.type == "cuda":
+        forward = torch.compile(forward)
     loader = torch.utils.data.DataLoader(
-        batches, batch_size=None, shuffle=False, num_workers=t.num_workers,
-        pin_memory=device.type == "cuda", persistent_workers=False)
+        torch.utils.data.Subset(batches, range(state.step, t.steps)), batch_size=None,
+        shuffle=False, num_workers=t.num_workers, pin_memory=device.type == "cuda",
+        # Its own generator: creating the iterator must not draw from the global RNG that
+        # dropout and augmentation use, or a resumed run would drift from an uninterrupted one.
+        generator=torch.Generator().manual_seed(t.seed))
     val_labels = np.asarray(val_views["speaker_id"], np.int64) if len(val_views["speaker_id"]) else None
 
-    result, started = TrainResult(), time.perf_counter()
-    window_loss, window_acc, window_n = 0.0, 0.0, 0
-    bar = tqdm(total=t.steps, desc="train", unit="step", disable=not progress)
-    for step, (x, mask, y) in enumerate(loader, start=1):
+    bar = tqdm(total=t.steps, initial=state.step, desc="train", unit="step",
+               disable=not progress or rank != 0)
+    for step, (x, mask, y) in enumerate(loader, start=state.step + 1):
         x, mask, y = (v.to(device, non_blocking=True) for v in (x, mask, y))
+        with torch.no_grad():
+            x = augment(x, mask)
         with autocast(device):
-            emb, logits = model(x, mask, y)
+            emb, logits = forward(x, mask, y, margin=margin_at(step))
         loss = F.cross_entropy(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
+        if t.clip_grad > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), t.clip_grad)
         scaler.step(optimizer)
         scaler.update()
         schedule.step()
 
         with torch.no_grad():  # accuracy without the training margin, as at test time
             correct = (model.head(emb.float()).argmax(1) == y).float().mean()
-        # Kept on the device: a .item() per step would stall the GPU.
-        window_loss += loss.detach()
-        window_acc += correct
-        window_n += 1
+        # Sums stay on the device: a .item() per step would stall the GPU.
+        state.window = [state.window[0] + loss.detach(), state.window[1] + correct, state.window[2] + 1]
+        state.step = step
         bar.update(1)
-        if step % t.valid_every == 0 or step == t.steps:
-            train_loss, train_acc = float(window_loss) / window_n, float(window_acc) / window_n
-            window_loss, window_acc, window_n = 0.0, 0.0, 0
-            metrics = {"train/loss": train_loss, "train/accuracy": train_acc,
-                       "lr": optimizer.param_groups[0]["lr"]}
-            if val_labels is not None:
-                _, val_logits = embed_views(model, store, val_views, batch_frames, device)
-                metrics["val/accuracy"] = float((val_logits.argmax(1) == val_labels).mean())
-            log(metrics, step)
-            result.history.append({"step": step, **metrics})
-            result.final_train_loss, result.final_train_accuracy = train_loss, train_acc
-            # Without a val split the last model is the best we can tell.
-            score = metrics.get("val/accuracy", step)
-            if score > result.best_val_accuracy:
-                result.best_val_accuracy, result.best_step = score, step
-                save_best({k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
-            bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{metrics.get('val/accuracy', float('nan')):.3f}")
+        if rank == 0 and (step % t.valid_every == 0 or step == t.steps):
+            _validate(model, state, store, val_views, val_labels, batch_frames, device,
+                      optimizer, save_best, log)
+            bar.set_postfix(loss=f"{state.final_train_loss:.3f}",
+                            val=f"{state.history[-1].get('val/accuracy', float('nan')):.3f}")
+        if rank == 0 and (step % t.checkpoint_every == 0 or step == t.steps):
+            save_checkpoint(_snapshot(model, optimizer, schedule, scaler, state, device))
     bar.close()
-    result.steps = t.steps
-    result.seconds = time.perf_counter() - started
     if val_labels is None:
-        result.best_val_accuracy = float("nan")
-    return result
+        state.best_val_accuracy = float("nan")
+    return state
+
+
+def _validate(model, state: TrainResult, store, val_views, val_labels, batch_frames, device,
+              optimizer, save_best, log) -> None:
+    loss_sum, acc_sum, n = state.window
+    state.window = [0.0, 0.0, 0]
+    metrics = {"train/loss": float(loss_sum) / n, "train/accuracy": float(acc_sum) / n,
+               "lr": optimizer.param_groups[0]["lr"]}
+    if val_labels is not None:
+        _, val_logits = embed_views(model, store, val_views, batch_frames, device)
+        metrics["val/accuracy"] = float((val_logits.argmax(1) == val_labels).mean())
+    log(metrics, state.step)
+    state.history.append({"step": state.step, **metrics})
+    state.final_train_loss, state.final_train_accuracy = metrics["train/loss"], metrics["train/accuracy"]
+    # Without a val split the last model is the best we can tell.
+    score = metrics.get("val/accuracy", state.step)
+    if score > state.best_val_accuracy:
+        state.best_val_accuracy, state.best_step = score, state.step
+        save_best({k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+
+
+def _snapshot(model, optimizer, schedule, scaler, state: TrainResult, device) -> dict:
+    progress = {**state.__dict__, "window": [float(state.window[0]), float(state.window[1]),
+                                             int(state.window[2])]}
+    return {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+            "scaler": scaler.state_dict(), "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            "progress": progress}

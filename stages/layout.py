@@ -12,6 +12,7 @@ VIEWS = INDEX / "utterances.parquet"
 SEGMENTS = INDEX / "segments.parquet"
 SPEAKERS = INDEX / "speakers.json"
 MODEL = Path("data/model")
+CHECKPOINTS = Path("data/checkpoints")  # resumable training state (persist: true)
 EXPORT = Path("data/export")
 SUBMISSION = EXPORT / "submission.csv"
 EXPORT_MODEL = EXPORT / "model"

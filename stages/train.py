@@ -1,8 +1,17 @@
-"""train: fit the configured speaker model; keep the best checkpoint by val accuracy."""
+"""train: fit the configured speaker model; keep the best checkpoint by val accuracy.
+
+Resumable: every `train.checkpoint_every` steps the full training state goes to
+data/checkpoints/ (a DVC out marked persist, so DVC leaves it in place). Killed and run
+again with the same params and data, training continues from there and ends exactly
+where an uninterrupted run would (on CPU). Multi-GPU / multi-node: launch under
+`torchrun`; each rank trains on its own slice of the segment index and rank 0 writes."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -11,22 +20,76 @@ import pyarrow.parquet as pq
 import torch
 import typer
 
-from spkid.atomic import atomic_dir, write_json
+from spkid.atomic import atomic_dir, atomic_path, write_json
+from spkid.augment import NoiseAugment, SpecAugment, load_noise
 from spkid.batching import SegmentBatches
-from spkid.checkpoint import build_model, model_config, save_model_dir, save_weights
+from spkid.checkpoint import WEIGHTS, build_model, model_config, save_model_dir
+from spkid.errors import DataError
+from spkid.features import LogMelExtractor
+from spkid.losses import margin_schedule
 from spkid.params import load_params
 from spkid.shards import load_features, read_meta
 from spkid.training import pick_device, train as fit
 from stages.common import ParamsOption, one_line_errors, summary
-from stages.layout import FEATURES, MODEL, SEGMENTS, SPEAKERS, TRAIN_LIVE, TRAIN_METRICS, VIEWS
+from stages.layout import (CHECKPOINTS, FEATURES, MODEL, SEGMENTS, SPEAKERS, TRAIN_LIVE,
+                           TRAIN_METRICS, VIEWS)
 
 app = typer.Typer(add_completion=False)
+LAST, BEST = CHECKPOINTS / "last.pt", CHECKPOINTS / "best.pt"
 
 
-def _live():
-    from dvclive import Live
-    # dvc.yaml is hand-written: dvclive must not rewrite it or create experiments itself.
-    return Live(dir=str(TRAIN_LIVE), dvcyaml=None, save_dvc_exp=False, report=None)
+def _fingerprint(p) -> str:
+    """What a checkpoint must match to be resumed: the training params and the data."""
+    h = hashlib.sha256(json.dumps([p.model.to_dict(), p.loss.to_dict(), p.train.to_dict(),
+                                   p.index.segment_len], sort_keys=True).encode())
+    for f in (SEGMENTS, SPEAKERS, VIEWS):
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def _resumable(fingerprint: str) -> dict | None:
+    if not LAST.exists():
+        return None
+    try:
+        snapshot = torch.load(LAST, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        print(f"[train] ignoring unreadable checkpoint {LAST} ({str(exc).splitlines()[0]})")
+        return None
+    if snapshot.get("fingerprint") != fingerprint or not BEST.exists():
+        print(f"[train] {LAST} is from other params or data: starting afresh")
+        return None
+    return snapshot
+
+
+def _augmenter(p, device):
+    a = p.train.augment
+    steps = []
+    if a.specaugment:
+        steps.append(lambda x, mask, f=SpecAugment(a.time_masks, a.time_mask_width, a.freq_masks,
+                                                   a.freq_mask_width): f(x))
+    if a.noise_dir:
+        noise = NoiseAugment(load_noise(a.noise_dir, LogMelExtractor.from_params(p.features)),
+                             tuple(a.snr_db), a.noise_prob)
+        steps.append(noise)
+
+    def augment(x, mask):
+        for step in steps:
+            x = step(x, mask)
+        return x
+    return augment
+
+
+def _distributed(requested: str) -> tuple[int, int, torch.device]:
+    """(rank, world size, device) from torchrun's environment; (0, 1, device) otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, pick_device(requested)
+    device = pick_device(requested)
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return torch.distributed.get_rank(), world, device
 
 
 @app.command()
@@ -35,7 +98,7 @@ def train(params: Path = ParamsOption):
     """Train and write data/model/ and metrics/train.json."""
     started = time.perf_counter()
     p = load_params(params)
-    device = pick_device(p.train.device)
+    rank, world, device = _distributed(p.train.device)
     speakers = json.loads(SPEAKERS.read_text())["speakers"]
     views = pq.read_table(VIEWS)
     val = views.filter(pc.equal(views["role"], "val")).to_pydict()
@@ -47,26 +110,65 @@ def train(params: Path = ParamsOption):
 
     torch.manual_seed(p.train.seed)
     model = build_model(config)
+    if rank > 0:
+        torch.manual_seed(p.train.seed + rank)  # same initial weights, different dropout
     batches = SegmentBatches(store, segments, p.train.batch_size, p.index.segment_len,
-                             p.train.seed, p.train.steps)
-    live = _live()
-    with atomic_dir(MODEL) as tmp:
-        result = fit(model, batches, val, store, p.train, device=device,
-                     batch_frames=p.evaluate.batch_frames,
-                     save_best=lambda state: save_weights(tmp, state),
-                     log=lambda metrics, step: _log(live, metrics, step))
-        save_model_dir(tmp, None, {**config, "best_step": result.best_step})
+                             p.train.seed, p.train.steps, rank=rank, world=world)
+    fingerprint = _fingerprint(p)
+    resume = _resumable(fingerprint)
+    if rank == 0 and resume is None:
+        shutil.rmtree(CHECKPOINTS, ignore_errors=True)
+        shutil.rmtree(TRAIN_LIVE, ignore_errors=True)
+    CHECKPOINTS.mkdir(parents=True, exist_ok=True)
+    if resume is not None:
+        print(f"[train] resuming from step {resume['progress']['step']} of {LAST}", flush=True)
+    if world > 1:
+        print(f"[train] rank {rank} of {world} on {device}: {len(batches.base)} segments", flush=True)
+    live = _live(resume is not None) if rank == 0 else None
+
+    def save_checkpoint(snapshot: dict) -> None:
+        with atomic_path(LAST) as tmp:
+            torch.save({**snapshot, "fingerprint": fingerprint}, tmp)
+
+    def save_best(state: dict) -> None:
+        with atomic_path(BEST) as tmp:
+            torch.save(state, tmp)
+
+    result = fit(model, batches, val, store, p.train, device=device,
+                 batch_frames=p.evaluate.batch_frames, save_best=save_best,
+                 save_checkpoint=save_checkpoint, resume=resume,
+                 margin_at=margin_schedule(p.loss), augment=_augmenter(p, device),
+                 log=lambda metrics, step: _log(live, metrics, step), rank=rank, world=world)
+    if world > 1:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    if rank != 0:
+        return
     live.end()
     # dvclive's own summary would duplicate metrics/train.json; the curves are what we want.
     (TRAIN_LIVE / "metrics.json").unlink(missing_ok=True)
+    if not BEST.exists():
+        raise DataError(f"{BEST}: training ended without a checkpoint")
+    with atomic_dir(MODEL) as tmp:
+        shutil.copyfile(BEST, tmp / WEIGHTS)
+        save_model_dir(tmp, None, {**config, "best_step": result.best_step})
     write_json(TRAIN_METRICS, {
         "best_val_accuracy": result.best_val_accuracy, "best_step": result.best_step,
         "final_train_loss": result.final_train_loss,
-        "final_train_accuracy": result.final_train_accuracy, "steps": result.steps,
+        "final_train_accuracy": result.final_train_accuracy, "steps": result.step,
         "parameters": sum(t.numel() for t in model.parameters())})
-    summary("train", f"{result.steps} steps on {device}, best val accuracy "
+    # A finished run leaves nothing to resume: a forced re-run trains again.
+    LAST.unlink(missing_ok=True)
+    BEST.unlink(missing_ok=True)
+    summary("train", f"{result.step} steps on {device} x{world}, best val accuracy "
             f"{result.best_val_accuracy:.3f} at step {result.best_step}",
             time.perf_counter() - started)
+
+
+def _live(resume: bool):
+    from dvclive import Live
+    # dvc.yaml is hand-written: dvclive must not rewrite it or create experiments itself.
+    return Live(dir=str(TRAIN_LIVE), resume=resume, dvcyaml=None, save_dvc_exp=False, report=None)
 
 
 def _log(live, metrics: dict, step: int) -> None:

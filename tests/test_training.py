@@ -19,7 +19,7 @@ def toy_store(seed=0):
     for s in range(SPEAKERS):
         for u in range(4):
             n = int(rng.integers(40, 90))
-            mats.append(rng.standard_normal((n, N_MELS)).astype(np.float32) + 2.0 * np.eye(N_MELS)[s])
+            mats.append((rng.standard_normal((n, N_MELS)) + 2.0 * np.eye(N_MELS)[s]).astype(np.float32))
             ids.append(f"s{s}-u{u}")
             labels.append(s)
     length = np.array([len(m) for m in mats])
@@ -44,7 +44,7 @@ def views_for(store, labels):
 
 
 PARAMS = validate_params({
-    "model": {"d_model": 16, "layers": 1, "heads": 2, "ffn_dim": 32, "embedding_dim": 16,
+    "model": {"d_model": 16, "layers": 1, "heads": 2, "ffn_dim": 32, "embedding_dim": 16, "input_norm": "none",
               "dropout": 0.1},
     "train": {"steps": 30, "batch_size": 8, "valid_every": 10, "warmup_steps": 3, "lr": 3e-3},
     "loss": {"s": 10.0},

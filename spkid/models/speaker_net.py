@@ -15,18 +15,27 @@ class SpeakerNet(nn.Module):
         self.input_norm = model.input_norm
         self.encoder = lookup(ENCODERS, model.encoder, "encoder")(n_mels, model)
         self.pooling = lookup(POOLINGS, model.pooling, "pooling")(self.encoder.out_dim, model)
-        self.embedding = nn.Linear(self.pooling.out_dim, model.embedding_dim)
-        self.head = lookup(HEADS, loss.name, "loss")(model.embedding_dim, n_speakers, loss)
+        # embedding_dim 0: the pooled vector is the embedding. The layer and its activation
+        # are separate modules so the state_dict key stays "embedding.weight" either way.
+        if model.embedding_dim == 0:
+            self.embedding = nn.Identity()
+            self.embedding_dim = self.pooling.out_dim
+        else:
+            self.embedding = nn.Linear(self.pooling.out_dim, model.embedding_dim)
+            self.embedding_dim = model.embedding_dim
+        self.embedding_act = nn.ReLU() if model.embedding_activation == "relu" else nn.Identity()
+        self.head = lookup(HEADS, loss.name, "loss")(self.embedding_dim, n_speakers, loss)
 
     def embed(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """x (B, T, n_mels) log-mels, mask (B, T) True on real frames -> (B, embedding_dim)."""
         if self.input_norm == "cmn":
             # Per-utterance mean removal cancels channel and loudness offsets.
             x = (x - masked_mean(x, mask).unsqueeze(1)) * mask.unsqueeze(-1).to(x.dtype)
-        return self.embedding(self.pooling(self.encoder(x, mask), mask))
+        return self.embedding_act(self.embedding(self.pooling(self.encoder(x, mask), mask)))
 
-    def forward(self, x, mask, labels=None):
-        """Embeddings and logits (with the training margin when labels are given)."""
+    def forward(self, x, mask, labels=None, margin=None):
+        """Embeddings and logits (with the training margin when labels are given; `margin`
+        overrides loss.m, e.g. from spkid.losses.margin_schedule)."""
         emb = self.embed(x, mask)
-        return emb, self.head(emb, labels)
+        return emb, self.head(emb, labels, margin=margin)
 

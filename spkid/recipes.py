@@ -1,0 +1,46 @@
+"""Named configurations: the HW4 homework's reference recipes as params overrides.
+
+`spkid recipe NAME` prints them as `-S key=value` flags for `dvc exp run`, and
+bench/recipes.py trains them side by side with spkid's defaults."""
+
+from __future__ import annotations
+
+RECIPES: dict[str, dict[str, object]] = {
+    # (a) The HW4 sample code: Linear(40->80), one TransformerEncoderLayer(80, nhead=2,
+    # dim_feedforward=256), mean pooling, Linear(80,80)-ReLU-Linear(80,n), cross-entropy.
+    "hw4_sample": {
+        "model.encoder": "transformer", "model.d_model": 80, "model.layers": 1,
+        "model.heads": 2, "model.ffn_dim": 256, "model.dropout": 0.1, "model.pooling": "mean",
+        "model.embedding_dim": 80, "model.embedding_activation": "relu",
+        "model.input_norm": "none", "loss.name": "softmax", "train.lr": 1e-3,
+        "train.warmup_steps": 1000, "train.batch_size": 32, "train.clip_grad": 0.0,
+        "index.segment_len": 128,
+    },
+    # (b) The students' best (private 0.962): Linear(40->160), Conformer(3 layers, 4 heads,
+    # ffn 256, kernel 31), self-attention pooling (tanh, dim 64), one Linear(160, n).
+    "hw4_best": {
+        "model.encoder": "conformer", "model.d_model": 160, "model.layers": 3,
+        "model.heads": 4, "model.ffn_dim": 256, "model.conv_kernel": 31, "model.dropout": 0.1,
+        "model.pooling": "sap", "model.attention_dim": 64, "model.embedding_dim": 0,
+        "model.embedding_activation": "none", "model.input_norm": "none",
+        "loss.name": "softmax", "train.lr": 1e-3, "train.warmup_steps": 1000,
+        "train.batch_size": 32, "train.clip_grad": 0.0, "index.segment_len": 128,
+    },
+}
+
+
+def as_flags(name: str) -> list[str]:
+    return [f"-S {key}={value}" for key, value in RECIPES[name].items()]
+
+
+def apply(params: dict, overrides: dict[str, object]) -> dict:
+    """A copy of a nested params dict with dotted-key overrides applied."""
+    import copy
+    out = copy.deepcopy(params)
+    for key, value in overrides.items():
+        *path, leaf = key.split(".")
+        node = out
+        for part in path:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out

@@ -1,0 +1,113 @@
+"""Using a trained model on audio files: `spkid embed`, `spkid verify`, `spkid predict`.
+
+These read an exported model folder (weights + model.json, default data/export/model),
+not training internals, and extract features exactly as training did."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+import typer
+
+from spkid.atomic import atomic_path
+from spkid.audio import AUDIO_SUFFIXES
+from spkid.checkpoint import load_model_dir
+from spkid.errors import DataError
+from spkid.evaluation import embed_audio_files, extractor_for_model
+from spkid.training import pick_device
+from stages.common import one_line_errors
+from stages.layout import EXPORT_MODEL
+
+app = typer.Typer(add_completion=False)
+ModelOption = typer.Option(EXPORT_MODEL, "--model", help="exported model folder")
+DeviceOption = typer.Option("auto", "--device", help="auto | cpu | cuda")
+BATCH_FRAMES = 20000
+
+
+def _load(model_dir: Path, device: str):
+    device = pick_device(device)
+    model, config = load_model_dir(model_dir, device)
+    if config["features"].get("precomputed"):
+        print(f"spkid: warning: {model_dir} was trained on precomputed features; features "
+              "extracted here from raw audio may not match the data set's extraction",
+              file=sys.stderr)
+    return model, config, extractor_for_model(config["features"]), device
+
+
+def _embed(paths: list[Path], model_dir: Path, device: str):
+    model, config, extractor, device = _load(model_dir, device)
+    return embed_audio_files(model, extractor, paths, BATCH_FRAMES, device), model, config
+
+
+def _audio_files(inputs: list[Path]) -> list[tuple[Path, str | None]]:
+    """(file, speaker) pairs: folders are searched recursively and the first folder level
+    below a given folder names the speaker."""
+    found = []
+    for item in inputs:
+        if item.is_dir():
+            files = sorted(p for p in item.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES
+                           and not any(part.startswith(".") for part in p.relative_to(item).parts))
+            if not files:
+                raise DataError(f"{item}: no audio files ({', '.join(AUDIO_SUFFIXES)})")
+            found += [(f, f.relative_to(item).parts[0] if len(f.relative_to(item).parts) > 1
+                       else None) for f in files]
+        elif item.is_file():
+            found.append((item, None))
+        else:
+            raise DataError(f"{item}: no such file or folder")
+    return found
+
+
+@app.command()
+@one_line_errors
+def embed(inputs: list[Path] = typer.Argument(..., help="audio files and/or folders"),
+          out: Path = typer.Option(..., "--out", help="Parquet file to write"),
+          model: Path = ModelOption, device: str = DeviceOption):
+    """Speaker embeddings of audio files -> Parquet (path, speaker, embedding)."""
+    files = _audio_files(inputs)
+    emb, _, _ = _embed([f for f, _ in files], model, device)
+    table = pa.table({"path": [str(f) for f, _ in files], "speaker": [s for _, s in files],
+                      "embedding": pa.array(list(emb), pa.list_(pa.float32()))})
+    with atomic_path(out) as tmp:
+        pq.write_table(table, tmp)
+    print(f"[embed] {len(files)} files -> {out} ({emb.shape[1]}-dim)")
+
+
+@app.command()
+@one_line_errors
+def verify(a: Path = typer.Argument(..., help="first recording"),
+           b: Path = typer.Argument(..., help="second recording"),
+           model: Path = ModelOption, device: str = DeviceOption):
+    """Cosine score of two recordings and a same/different decision at the EER threshold."""
+    emb, _, config = _embed([a, b], model, device)
+    unit = emb / np.linalg.norm(emb, axis=1, keepdims=True).clip(1e-12)
+    score = float(unit[0] @ unit[1])
+    threshold = config.get("eer_threshold")
+    if threshold is None:
+        raise DataError(f"{model}: model.json has no eer_threshold (export a model that was evaluated)")
+    decision = "same" if score >= threshold else "different"
+    print(f"score {score:.4f} threshold {threshold:.4f} -> {decision} speaker")
+
+
+@app.command()
+@one_line_errors
+def predict(inputs: list[Path] = typer.Argument(..., help="audio files and/or folders"),
+            model: Path = ModelOption, device: str = DeviceOption):
+    """The closed-set speaker of each recording and its probability."""
+    files = _audio_files(inputs)
+    emb, net, config = _embed([f for f, _ in files], model, device)
+    with torch.no_grad():
+        logits = net.head(torch.from_numpy(emb).to(next(net.parameters()).device))
+        prob = torch.softmax(logits.float(), dim=1).cpu().numpy()
+    for (f, _), row in zip(files, prob):
+        k = int(row.argmax())
+        print(f"{f}\t{config['speakers'][k]}\t{row[k]:.4f}")
+
+
+if __name__ == "__main__":
+    app()

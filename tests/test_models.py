@@ -1,0 +1,276 @@
+"""Tests for spkid.models: every encoder with several poolings (shapes, padding invariance,
+gradient flow), every pooling alone (padding, statistics vs numpy), the embedding options
+and the two reference recipes. Small sizes, so the whole file runs in seconds on CPU."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spkid.models import ENCODERS, HEADS, POOLINGS, SpeakerNet
+from spkid.models.pooling import SelfAttentionPooling, weighted_mean_std
+from spkid.params import SCHEMA, validate_params
+
+N_MELS = 16
+N_SPK = 5
+
+# Small settings for every registered encoder; a new encoder must be added here.
+ENCODER_SETTINGS = {
+    "transformer": dict(d_model=16, heads=2, ffn_dim=32, layers=1),
+    "conformer": dict(d_model=16, heads=2, ffn_dim=32, layers=1, conv_kernel=5),
+    "ecapa_tdnn": dict(channels=16),
+    "resnet34": dict(base_width=4),
+}
+
+
+def make_params(loss=None, **model):
+    model = {"dropout": 0.0, "attention_dim": 8, "embedding_dim": 12, **model}
+    return validate_params({"model": model, "loss": loss or {"name": "am_softmax"}})
+
+
+def make_net(n_mels=N_MELS, n_spk=N_SPK, loss=None, **model) -> SpeakerNet:
+    p = make_params(loss, **model)
+    return SpeakerNet(p.model, p.loss, n_mels, n_spk)
+
+
+def randomize_norms(model: nn.Module, seed: int = 0) -> None:
+    """Non-trivial BatchNorm statistics and affine terms: with the defaults (mean 0, var 1,
+    bias 0) a zero padded frame stays zero after BN + ReLU and leaks would go unseen."""
+    g = torch.Generator().manual_seed(seed)
+    for mod in model.modules():
+        if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+            n = mod.num_features
+            mod.running_mean.copy_(torch.randn(n, generator=g))
+            mod.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            with torch.no_grad():
+                mod.weight.copy_(torch.rand(n, generator=g) + 0.5)
+                mod.bias.copy_(torch.randn(n, generator=g))
+
+
+def padded_batch(lengths, n_mels=N_MELS, seed=0, garbage=10.0):
+    """(x, mask): padded frames hold large random values, which must not matter."""
+    g = torch.Generator().manual_seed(seed)
+    t = max(lengths)
+    x = torch.randn(len(lengths), t, n_mels, generator=g)
+    mask = torch.arange(t)[None, :] < torch.tensor(lengths)[:, None]
+    x = torch.where(mask[..., None], x, garbage * torch.randn(x.shape, generator=g))
+    return x, mask
+
+
+def test_settings_cover_the_schema_and_registries():
+    assert set(ENCODER_SETTINGS) == set(ENCODERS) == set(SCHEMA["model"]["encoder"].choices)
+    assert set(POOLINGS) == set(SCHEMA["model"]["pooling"].choices)
+    assert set(HEADS) == set(SCHEMA["loss"]["name"].choices)
+
+
+@pytest.mark.parametrize("pooling", ["mean", "asp"])
+@pytest.mark.parametrize("encoder", sorted(ENCODER_SETTINGS))
+def test_encoder_shapes_and_padding_invariance(encoder, pooling):
+    torch.manual_seed(0)
+    net = make_net(encoder=encoder, pooling=pooling, input_norm="none", **ENCODER_SETTINGS[encoder])
+    randomize_norms(net)
+    net.eval()
+    lengths = [29, 17, 6]
+    x, mask = padded_batch(lengths)
+    with torch.no_grad():
+        frames = net.encoder(x, mask)
+        assert frames.shape == (3, 29, net.encoder.out_dim)
+        assert net.pooling(frames, mask).shape == (3, net.pooling.out_dim)
+        emb, logits = net(x, mask)
+        assert emb.shape == (3, 12) and logits.shape == (3, N_SPK)
+        for i, n in enumerate(lengths):
+            alone, _ = net(x[i:i + 1, :n], mask[i:i + 1, :n])
+            torch.testing.assert_close(emb[i:i + 1], alone, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("encoder", sorted(ENCODER_SETTINGS))
+def test_padding_invariance_with_cmn_and_tstp(encoder):
+    torch.manual_seed(1)
+    net = make_net(encoder=encoder, pooling="tstp", input_norm="cmn", **ENCODER_SETTINGS[encoder])
+    randomize_norms(net, seed=1)
+    net.eval()
+    lengths = [8, 23]
+    x, mask = padded_batch(lengths, seed=1)
+    with torch.no_grad():
+        emb = net.embed(x, mask)
+        for i, n in enumerate(lengths):
+            torch.testing.assert_close(emb[i:i + 1], net.embed(x[i:i + 1, :n], mask[i:i + 1, :n]),
+                                       rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("encoder", sorted(ENCODER_SETTINGS))
+def test_every_parameter_gets_a_finite_gradient(encoder):
+    torch.manual_seed(0)
+    net = make_net(encoder=encoder, pooling="asp", **ENCODER_SETTINGS[encoder]).train()
+    x, mask = padded_batch([20, 13, 7, 20])
+    y = torch.tensor([0, 1, 2, 3])
+    _, logits = net(x, mask, y)
+    F.cross_entropy(logits, y).backward()
+    for name, p in net.named_parameters():
+        assert p.grad is not None, name
+        assert torch.isfinite(p.grad).all(), name
+
+
+def test_ecapa_layout_and_channel_check():
+    net = make_net(encoder="ecapa_tdnn", channels=32, pooling="mean")
+    enc = net.encoder
+    assert enc.out_dim == 96
+    assert [b.res2[0].conv.dilation[0] for b in enc.blocks] == [2, 3, 4]
+    assert all(len(b.res2) == 7 for b in enc.blocks)  # Res2Net scale 8
+    assert enc.mfa.conv.in_channels == 96
+    with pytest.raises(ValueError, match="divisible by 8"):
+        make_net(encoder="ecapa_tdnn", channels=20)
+
+
+@pytest.mark.parametrize(("n_mels", "freq"), [(40, 5), (80, 10), (23, 3)])
+def test_resnet34_layout(n_mels, freq):
+    enc = make_net(n_mels=n_mels, encoder="resnet34", base_width=4, pooling="mean").encoder
+    assert len(enc.blocks) == 3 + 4 + 6 + 3
+    assert enc.out_freq == freq and enc.out_dim == 32 * freq
+    out = enc(torch.randn(2, 9, n_mels), torch.ones(2, 9, dtype=torch.bool))
+    assert out.shape == (2, 9, 32 * freq)
+
+
+# ---- poolings alone -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("attention_dim", [0, 8])
+@pytest.mark.parametrize("name", sorted(POOLINGS))
+def test_pooling_ignores_padded_frames(name, attention_dim):
+    torch.manual_seed(0)
+    pool = POOLINGS[name](6, make_params(attention_dim=attention_dim).model)
+    lengths = [11, 4, 1]
+    h, mask = padded_batch(lengths, n_mels=6, seed=2, garbage=1e3)
+    out = pool(h, mask)
+    assert out.shape == (3, pool.out_dim)
+    assert pool.out_dim == (12 if name in ("asp", "tstp") else 6)
+    h2 = torch.where(mask[..., None], h, -h)  # other garbage: nothing may change
+    torch.testing.assert_close(pool(h2, mask), out, rtol=0, atol=0)
+    for i, n in enumerate(lengths):
+        torch.testing.assert_close(pool(h[i:i + 1, :n], mask[i:i + 1, :n]), out[i:i + 1],
+                                   rtol=1e-6, atol=1e-6)
+
+
+def test_tstp_matches_numpy():
+    pool = POOLINGS["tstp"](3, None)
+    h, mask = padded_batch([7, 3], n_mels=3, seed=3)
+    out = pool(h, mask).numpy()
+    for i, n in enumerate([7, 3]):
+        real = h[i, :n].double().numpy()
+        np.testing.assert_allclose(out[i, :3], real.mean(0), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(out[i, 3:], real.std(0), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("attention_dim", [0, 8])
+def test_asp_matches_numpy_and_shares_sap_weights(attention_dim):
+    torch.manual_seed(0)
+    m = make_params(attention_dim=attention_dim).model
+    asp, sap = POOLINGS["asp"](4, m), POOLINGS["sap"](4, m)
+    assert isinstance(asp, SelfAttentionPooling)
+    sap.load_state_dict(asp.state_dict())  # the same scoring module, parameter for parameter
+    h, mask = padded_batch([9, 5], n_mels=4, seed=4)
+    with torch.no_grad():
+        out = asp(h, mask)
+        w = asp.weights(h, mask).squeeze(-1).double().numpy()
+        torch.testing.assert_close(out[:, :4], sap(h, mask), rtol=1e-5, atol=1e-6)
+    for i, n in enumerate([9, 5]):
+        real, wi = h[i, :n].double().numpy(), w[i, :n]
+        assert np.allclose(w[i, n:], 0) and np.isclose(wi.sum(), 1)
+        mean = (wi[:, None] * real).sum(0)
+        std = np.sqrt((wi[:, None] * (real - mean) ** 2).sum(0))
+        np.testing.assert_allclose(out[i, :4].numpy(), mean, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(out[i, 4:].numpy(), std, rtol=1e-5, atol=1e-6)
+
+
+def test_std_is_safe_on_constant_features():
+    h = torch.ones(2, 5, 3, requires_grad=True)
+    w = torch.full((2, 5, 1), 0.2)
+    out = weighted_mean_std(h, w)
+    assert torch.isfinite(out).all() and (out[:, 3:] < 1e-3).all()
+    out.sum().backward()
+    assert torch.isfinite(h.grad).all()
+
+
+# ---- embedding options and the SpeakerNet API ---------------------------------------------
+
+def test_embedding_dim_zero_uses_the_pooled_vector():
+    net = make_net(encoder="transformer", pooling="tstp", embedding_dim=0,
+                   **ENCODER_SETTINGS["transformer"]).eval()
+    assert isinstance(net.embedding, nn.Identity)
+    assert net.embedding_dim == net.pooling.out_dim == 32
+    assert net.head.weight.shape == (N_SPK, 32)
+    x, mask = padded_batch([10, 6])
+    with torch.no_grad():
+        emb, logits = net(x, mask)
+        assert emb.shape == (2, 32) and logits.shape == (2, N_SPK)
+        net.input_norm = "none"
+        xn = x - (x * mask[..., None]).sum(1, keepdim=True) / mask.sum(1)[:, None, None]
+        pooled = net.pooling(net.encoder(xn * mask[..., None], mask), mask)
+        torch.testing.assert_close(emb, pooled, rtol=1e-5, atol=1e-5)
+    assert "embedding.weight" not in net.state_dict()
+
+
+def test_relu_embedding_keeps_the_state_dict_key():
+    net = make_net(encoder="transformer", pooling="mean", embedding_activation="relu",
+                   **ENCODER_SETTINGS["transformer"])
+    assert net.embedding_dim == 12 and net.embedding.weight.shape == (12, 16)
+    assert "embedding.weight" in net.state_dict()
+    x, mask = padded_batch([10, 6, 8, 3])
+    emb = net.embed(x, mask)
+    assert (emb >= 0).all() and (emb == 0).any()
+    plain = make_net(encoder="transformer", pooling="mean", **ENCODER_SETTINGS["transformer"])
+    plain.load_state_dict(net.state_dict())
+    torch.testing.assert_close(F.relu(plain.embed(x, mask)), emb)
+
+
+def test_forward_passes_the_margin_to_the_head():
+    torch.manual_seed(0)
+    net = make_net(encoder="transformer", pooling="mean", **ENCODER_SETTINGS["transformer"],
+                   loss={"name": "am_softmax", "s": 10.0, "m": 0.3}).eval()
+    x, mask = padded_batch([10, 6])
+    y = torch.tensor([1, 3])
+    with torch.no_grad():
+        emb, plain = net(x, mask)
+        _, full = net(x, mask, y)
+        _, none = net(x, mask, y, margin=0.0)
+        _, half = net(x, mask, y, margin=0.15)
+    torch.testing.assert_close(none, plain)
+    rows = torch.arange(2)
+    torch.testing.assert_close(plain[rows, y] - full[rows, y], torch.full((2,), 3.0))
+    torch.testing.assert_close(plain[rows, y] - half[rows, y], torch.full((2,), 1.5))
+
+
+# ---- the reference recipes ------------------------------------------------------------------
+
+def test_reference_recipe_transformer_hw4():
+    p = validate_params({
+        "model": {"encoder": "transformer", "d_model": 80, "heads": 2, "ffn_dim": 256,
+                  "layers": 1, "pooling": "mean", "embedding_dim": 80,
+                  "embedding_activation": "relu"},
+        "loss": {"name": "softmax"}})
+    net = SpeakerNet(p.model, p.loss, 40, 600)
+    assert net.encoder.prenet.weight.shape == (80, 40)
+    assert len(net.encoder.layers.layers) == 1
+    assert net.embedding.weight.shape == (80, 80) and isinstance(net.embedding_act, nn.ReLU)
+    assert net.head.fc.weight.shape == (600, 80)
+    assert net.embedding_dim == 80
+    emb, logits = net.eval()(*padded_batch([12, 7], n_mels=40))
+    assert emb.shape == (2, 80) and logits.shape == (2, 600)
+
+
+def test_reference_recipe_conformer_sap():
+    p = validate_params({
+        "model": {"encoder": "conformer", "d_model": 160, "layers": 3, "heads": 4,
+                  "ffn_dim": 256, "conv_kernel": 31, "pooling": "sap", "attention_dim": 64,
+                  "embedding_dim": 0},
+        "loss": {"name": "softmax"}})
+    net = SpeakerNet(p.model, p.loss, 40, 600)
+    assert net.encoder.prenet.weight.shape == (160, 40)
+    assert len(net.encoder.conformer.conformer_layers) == 3
+    assert net.pooling.score[0].weight.shape == (64, 160)
+    assert isinstance(net.embedding, nn.Identity) and net.embedding_dim == 160
+    assert net.head.fc.weight.shape == (600, 160)
+    emb, logits = net.eval()(*padded_batch([12, 7], n_mels=40))
+    assert emb.shape == (2, 160) and logits.shape == (2, 600)

@@ -1,0 +1,123 @@
+"""The train stage as users run it: killed with SIGKILL and resumed, and under torchrun."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+
+BIN = Path(sys.executable).parent
+PARAMS = {
+    "data": {"synthetic": {"speakers": 4, "utterances_per_speaker": 6, "submit_per_speaker": 0,
+                           "min_seconds": 1.0, "max_seconds": 1.5}},
+    "index": {"val_fraction": 0.2, "test_fraction": 0.2},
+    "model": {"d_model": 32, "layers": 1, "heads": 2, "ffn_dim": 64, "embedding_dim": 32},
+    "train": {"steps": 150, "batch_size": 16, "valid_every": 25, "warmup_steps": 10,
+              "checkpoint_every": 10, "augment": {"specaugment": True}},
+    "loss": {"margin_warmup": [20, 80]},
+}
+
+
+def env():
+    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
+
+
+def spkid(cwd, *args, check=True):
+    out = subprocess.run([str(BIN / "spkid"), *args], cwd=cwd, env=env(), capture_output=True,
+                         text=True, timeout=300)
+    if check and out.returncode:
+        raise AssertionError(f"spkid {' '.join(args)}: {out.stdout[-2000:]}\n{out.stderr[-2000:]}")
+    return out
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("prepared")
+    (root / "params.yaml").write_text(yaml.safe_dump(PARAMS))
+    for stage in ("download", "features", "index"):
+        spkid(root, stage)
+    return root
+
+
+def fresh_copy(prepared, dest):
+    shutil.copytree(prepared, dest)
+    return dest
+
+
+def test_sigkill_then_resume_equals_uninterrupted_run(prepared, tmp_path):
+    whole = fresh_copy(prepared, tmp_path / "whole")
+    spkid(whole, "train")
+    expected = json.loads((whole / "metrics/train.json").read_text())
+    assert not (whole / "data/checkpoints/last.pt").exists()  # nothing left to resume
+
+    killed = fresh_copy(prepared, tmp_path / "killed")
+    proc = subprocess.Popen([str(BIN / "spkid"), "train"], cwd=killed, env=env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = killed / "data/checkpoints/last.pt"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if last.exists() and torch.load(last, weights_only=True)["progress"]["step"] >= 30:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "training finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    step = torch.load(last, weights_only=True)["progress"]["step"]
+    assert 30 <= step < 150
+    assert not (killed / "metrics/train.json").exists()
+
+    out = spkid(killed, "train")
+    assert f"resuming from step {step}" in out.stdout
+    assert json.loads((killed / "metrics/train.json").read_text()) == expected
+    a = torch.load(whole / "data/model/model.pt", weights_only=True)
+    b = torch.load(killed / "data/model/model.pt", weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_changed_params_do_not_resume(prepared, tmp_path):
+    work = fresh_copy(prepared, tmp_path / "w")
+    ckpt = work / "data/checkpoints"
+    ckpt.mkdir(parents=True)
+    torch.save({"fingerprint": "other", "progress": {"step": 5}}, ckpt / "last.pt")
+    torch.save({}, ckpt / "best.pt")
+    out = spkid(work, "train")
+    assert "starting afresh" in out.stdout and "resuming" not in out.stdout
+    assert json.loads((work / "metrics/train.json").read_text())["steps"] == 150
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun_two_cpu_processes_gloo(prepared, tmp_path):
+    work = fresh_copy(prepared, tmp_path / "ddp")
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["train"]["steps"] = 20
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    out = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+         "--master_addr=127.0.0.1", f"--master_port={free_port()}", "-m", "stages.cli", "train"],
+        cwd=work, env=env(), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    total = pq.read_metadata(work / "data/index/segments.parquet").num_rows
+    counts = {}
+    for rank in (0, 1):
+        line = next(l for l in out.stdout.splitlines() if l.startswith(f"[train] rank {rank} of 2"))
+        counts[rank] = int(line.split(": ")[1].split()[0])
+    assert counts[0] + counts[1] == total and abs(counts[0] - counts[1]) <= 1
+    assert out.stdout.count("[train] 20 steps") == 1  # only rank 0 reports and writes
+    metrics = json.loads((work / "metrics/train.json").read_text())
+    assert metrics["steps"] == 20
+    state = torch.load(work / "data/model/model.pt", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
