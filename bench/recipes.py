@@ -1,0 +1,130 @@
+"""Compare model recipes on one data set with the same steps and batch size for all.
+
+    python bench/recipes.py ../shared/data/librispeech-125 --steps 600 --out bench/recipes.json
+
+Prepares features and a time split once (audio_dir source, index.split_by time), then for
+each configuration runs the real `spkid train` and `spkid evaluate` in a scratch copy of the
+project and collects test accuracy, EER and minDCF with the training wall time. Recipe (b)
+and spkid's default run with several seeds; the table reports mean and spread (std)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from spkid.params import defaults  # noqa: E402
+from spkid.recipes import RECIPES, apply  # noqa: E402
+
+GRID = {
+    "conformer-sap-am": {"model.encoder": "conformer", "model.pooling": "sap"},
+    "transformer-asp-aam": {"model.pooling": "asp", "loss.name": "aam_softmax"},
+    "conformer-asp-aam": {"model.encoder": "conformer", "model.pooling": "asp",
+                          "loss.name": "aam_softmax"},
+    "ecapa-asp-am": {"model.encoder": "ecapa_tdnn", "model.channels": 64, "model.pooling": "asp"},
+    "ecapa-asp-aam": {"model.encoder": "ecapa_tdnn", "model.channels": 64, "model.pooling": "asp",
+                      "loss.name": "aam_softmax"},
+    "ecapa-tstp-am": {"model.encoder": "ecapa_tdnn", "model.channels": 64, "model.pooling": "tstp"},
+    "resnet34-tstp-am": {"model.encoder": "resnet34", "model.base_width": 4, "model.pooling": "tstp"},
+    "transformer-mean-softmax": {"model.pooling": "mean", "loss.name": "softmax"},
+}
+SPLIT = {"data.source": "audio_dir", "index.split_by": "time", "index.val_fraction": 0.2,
+         "index.test_fraction": 0.2, "index.trial_seconds": 1.0, "data.min_seconds": 0.5}
+
+
+def run(cmd, cwd, env) -> str:
+    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
+    return out.stdout
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("data", type=Path)
+    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--only", nargs="*", help="run only these configuration names")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "recipes.json")
+    args = ap.parse_args()
+
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    common = {**SPLIT, "data.path": str(args.data.resolve()), "train.steps": args.steps,
+              "train.batch_size": args.batch_size,
+              "train.valid_every": max(1, args.steps // 4)}
+    configs = [("hw4_sample (a)", RECIPES["hw4_sample"], 1),
+               ("hw4_best (b)", RECIPES["hw4_best"], args.seeds),
+               ("spkid default", {}, args.seeds)] + [(k, v, 1) for k, v in GRID.items()]
+    if args.only:
+        configs = [c for c in configs if c[0] in args.only]
+    results = json.loads(args.out.read_text()) if args.out.exists() else {}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for name in ("spkid", "stages"):
+            shutil.copytree(ROOT / name, work / name)
+
+        def write_params(overrides: dict) -> None:
+            merged = apply(defaults(), {**overrides, **common})
+            # A recipe's own batch size and warmup yield to the shared budget.
+            merged["train"]["batch_size"] = args.batch_size
+            merged["train"]["warmup_steps"] = min(merged["train"]["warmup_steps"], args.steps // 10)
+            (work / "params.yaml").write_text(yaml.safe_dump(merged, sort_keys=False))
+
+        write_params({})
+        for stage in ("download", "features", "index"):
+            print(run(["spkid", stage], work, env).strip().splitlines()[-1], flush=True)
+        for name, overrides, seeds in configs:
+            runs = []
+            for seed in range(seeds):
+                write_params({**overrides, "train.seed": seed})
+                started = time.perf_counter()
+                log = run(["spkid", "train"], work, env)
+                wall = time.perf_counter() - started
+                run(["spkid", "evaluate"], work, env)
+                metrics = json.loads((work / "metrics" / "eval.json").read_text())
+                params = json.loads((work / "metrics" / "train.json").read_text())["parameters"]
+                runs.append({"seed": seed, "train_seconds": round(wall, 1), "parameters": params,
+                             "val": metrics["val"], "test": metrics["test"]})
+                print(f"{name} seed {seed}: test top1 {metrics['test']['accuracy_top1']:.3f} "
+                      f"EER {metrics['test']['eer']:.4f} ({wall:.0f} s) "
+                      f"{re.sub(r'.*best val', 'best val', log.strip().splitlines()[-1])}", flush=True)
+            results[name] = {"overrides": overrides, "steps": args.steps,
+                             "batch_size": args.batch_size, "runs": runs}
+            args.out.write_text(json.dumps(results, indent=1))
+    print_table(results)
+
+
+def _agg(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def print_table(results: dict) -> None:
+    print("| configuration | seeds | params | test top-1 | test EER | test minDCF p0.01 | "
+          "test minDCF p0.05 | train s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, r in results.items():
+        runs = r["runs"]
+        get = lambda k: [x["test"][k] for x in runs]  # noqa: E731
+        print(f"| {name} | {len(runs)} | {runs[0]['parameters']:,} | {_agg(get('accuracy_top1'))} | "
+              f"{_agg(get('eer'))} | {_agg(get('min_dcf_p01'))} | {_agg(get('min_dcf_p05'))} | "
+              f"{statistics.mean(x['train_seconds'] for x in runs):.0f} |")
+
+
+if __name__ == "__main__":
+    main()
