@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -26,9 +27,17 @@ def build_model(config: dict):
                       len(config["speakers"]))
 
 
+def save_torch(path: str | Path, obj) -> None:
+    """torch.save, atomically and byte-reproducibly: torch names the archive inside the file
+    after the file it writes to, so save to memory rather than to a random temporary name."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buffer.getvalue())
+
+
 def save_weights(folder: str | Path, state_dict: dict) -> None:
-    with atomic_path(Path(folder) / WEIGHTS) as tmp:
-        torch.save(state_dict, tmp)
+    save_torch(Path(folder) / WEIGHTS, state_dict)
 
 
 def save_model_dir(folder: str | Path, state_dict: dict | None, config: dict) -> None:

@@ -37,3 +37,87 @@ def score_role(emb: np.ndarray, logits: np.ndarray, speaker_ids: np.ndarray, *, 
     result, det = verification(cosine_scores(emb, i, j), labels)
     out.update(result)
     return out, det
+
+
+def score_trials(emb: np.ndarray, i: np.ndarray, j: np.ndarray, labels: np.ndarray
+                 ) -> tuple[dict, dict | None]:
+    """Verification metrics of given trials; null metrics when one kind of trial is missing."""
+    labels = np.asarray(labels, np.int64)
+    if labels.sum() == 0 or labels.sum() == len(labels):
+        return {"eer": None, "min_dcf_p01": None, "min_dcf_p05": None,
+                "trials": int(len(labels)), "target_trials": int(labels.sum())}, None
+    return verification(cosine_scores(emb, i, j), labels)
+
+
+# --- raw audio -> embeddings ---------------------------------------------------------------
+
+def extractor_for_model(features: dict):
+    """The LogMelExtractor a model's inputs were made with (model.json["features"])."""
+    from spkid.features import LogMelExtractor
+    return LogMelExtractor(features["sample_rate"], features["n_mels"], features["n_fft"],
+                           features["hop_length"], features["f_min"], features.get("f_max"))
+
+
+def embed_audio_files(model, extractor, paths, batch_frames: int, device, *,
+                      extract_batch: int = 32, chunk_frames: int | None = None,
+                      progress: bool = False) -> np.ndarray:
+    """(len(paths), embedding_dim) float32 embeddings of whole recordings, in the order of
+    `paths`: decode (spkid.audio.read_audio), log-mels with `extractor`, then the model's
+    embedding on batches of similar length with padding masks, as for val/test views.
+
+    Files are handled in duration order (read from the headers), a chunk of about
+    `chunk_frames` frames at a time (default 16 * batch_frames), so memory stays bounded
+    whatever the number of files. A file that cannot be decoded raises DataError naming it.
+    """
+    import torch
+    from tqdm import tqdm
+
+    from spkid.audio import audio_info, read_audio
+    from spkid.batching import pad_views, view_batches
+    from spkid.shards import FeatureStore
+    from spkid.training import autocast
+
+    paths = [str(p) for p in paths]
+    device = torch.device(device)
+    dim = model.embedding_dim
+    out = np.zeros((len(paths), dim), np.float32)
+    if not paths:
+        return out
+    frames_per_s = extractor.sample_rate / extractor.hop_length
+    est = np.array([audio_info(p)[0] * frames_per_s + 1 for p in paths])
+    order = np.argsort(est, kind="stable")
+    budget = chunk_frames or 16 * batch_frames
+    chunks, chunk, size = [], [], 0.0
+    for k in order:
+        if chunk and size + est[k] > budget:
+            chunks.append(chunk)
+            chunk, size = [], 0.0
+        chunk.append(int(k))
+        size += est[k]
+    chunks.append(chunk)
+
+    was_training = model.training
+    model.eval()
+    bar = tqdm(total=len(paths), desc="embed", unit="file", disable=not progress)
+    try:
+        for chunk in chunks:
+            feats = []
+            for s in range(0, len(chunk), extract_batch):
+                waves = [read_audio(paths[k], extractor.sample_rate)
+                         for k in chunk[s:s + extract_batch]]
+                feats += extractor(waves)
+            length = np.array([len(f) for f in feats], np.int64)
+            offset = np.zeros(len(feats), np.int64)
+            np.cumsum(length[:-1], out=offset[1:])
+            store = FeatureStore(np.concatenate(feats), [paths[k] for k in chunk], offset, length)
+            for batch in view_batches(length, batch_frames):
+                batch = np.asarray(batch, np.int64)
+                x, mask = pad_views(store, batch, np.zeros(len(batch), np.int64), length[batch])
+                with torch.no_grad(), autocast(device):
+                    emb = model.embed(x.to(device), mask.to(device))
+                out[np.asarray(chunk)[batch]] = emb.float().cpu().numpy()
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+        model.train(was_training)
+    return out

@@ -82,29 +82,31 @@ def manifest_to_shards(rows, manifest_path, meta: dict, extractor: LogMelExtract
     min_samples = int(round(min_seconds * extractor.sample_rate))
     stats = {"utterances": 0, "padded": 0, "skipped_short": 0}
     bar = tqdm(total=len(rows), desc="features", unit="utt", disable=not progress)
-    for start in range(0, len(rows), batch_size):
-        batch = rows[start:start + batch_size]
-        if precomputed:
-            from spkid.sources.hw4 import load_hw4_features
-            feats = [load_hw4_features(resolve(manifest_path, r), r.num_frames, extractor.n_mels)
-                     for r in batch]
-        else:
-            waves, kept = [], []
-            for r in batch:
-                wave = read_audio(resolve(manifest_path, r), extractor.sample_rate)
-                if len(wave) < min_samples:
-                    if short == "skip":
-                        stats["skipped_short"] += 1
-                        continue
-                    wave = pad_to_min_length(wave, min_samples)
-                    stats["padded"] += 1
-                waves.append(wave)
-                kept.append(r)
-            batch, feats = kept, (extractor(waves) if waves else [])
-        for r, f in zip(batch, feats):
-            writer.add(r.utterance_id, r.speaker, r.role, f)
-            stats["utterances"] += 1
-        bar.update(len(rows[start:start + batch_size]))
-    bar.close()
+    try:
+        for start in range(0, len(rows), batch_size):
+            batch = rows[start:start + batch_size]
+            if precomputed:
+                from spkid.sources.hw4 import load_hw4_features
+                feats = [load_hw4_features(resolve(manifest_path, r), r.num_frames, extractor.n_mels)
+                         for r in batch]
+            else:
+                waves, kept = [], []
+                for r in batch:
+                    wave = read_audio(resolve(manifest_path, r), extractor.sample_rate)
+                    if len(wave) < min_samples:
+                        if short == "skip":
+                            stats["skipped_short"] += 1
+                            continue
+                        wave = pad_to_min_length(wave, min_samples)
+                        stats["padded"] += 1
+                    waves.append(wave)
+                    kept.append(r)
+                batch, feats = kept, (extractor(waves) if waves else [])
+            for r, f in zip(batch, feats):
+                writer.add(r.utterance_id, r.speaker, r.role, f)
+                stats["utterances"] += 1
+            bar.update(len(rows[start:start + batch_size]))
+    finally:
+        bar.close()  # so an error message starts on a line of its own
     writer.flush()
     return stats

@@ -88,16 +88,16 @@ SCHEMA: dict[str, Any] = {
     "model": {
         "encoder": _f("str", "transformer", "frame encoder",
                       choices=("transformer", "conformer", "ecapa_tdnn", "resnet34")),
-        "d_model": _f("int", 96, "encoder width", min=8),
+        "d_model": _f("int", 64, "encoder width", min=8),
         "layers": _f("int", 2, "encoder layers", min=1),
         "heads": _f("int", 4, "attention heads (d_model must divide by it)", min=1),
-        "ffn_dim": _f("int", 256, "feed-forward width", min=8),
+        "ffn_dim": _f("int", 128, "feed-forward width", min=8),
         "conv_kernel": _f("int", 15, "conformer depthwise kernel (odd)", min=3),
         "dropout": _f("float", 0.1, "dropout", min=0, max=0.9),
         "pooling": _f("str", "sap", "frames -> utterance vector",
                       choices=("mean", "sap", "asp", "tstp")),
         "attention_dim": _f("int", 64, "sap hidden size (0 = single linear score)", min=0),
-        "embedding_dim": _f("int", 128, "speaker embedding size (0 = the pooled vector itself)",
+        "embedding_dim": _f("int", 64, "speaker embedding size (0 = the pooled vector itself)",
                             min=0),
         "embedding_activation": _f("str", "none", "non-linearity after the embedding layer",
                                    choices=("none", "relu")),
@@ -116,8 +116,8 @@ SCHEMA: dict[str, Any] = {
                             nullable=True),
     },
     "train": {
-        "steps": _f("int", 1200, "optimizer steps", min=1),
-        "batch_size": _f("int", 64, "segments per step", min=2),
+        "steps": _f("int", 1000, "optimizer steps", min=1),
+        "batch_size": _f("int", 32, "segments per step", min=2),
         "lr": _f("float", 2e-3, "peak learning rate (AdamW)", above=0),
         "weight_decay": _f("float", 0.01, "AdamW weight decay", min=0),
         "warmup_steps": _f("int", 100, "linear warmup steps, then cosine decay", min=0),
@@ -146,6 +146,7 @@ SCHEMA: dict[str, Any] = {
                               above=0),
         "max_trials": _f("int", 200000, "cap on trials per role", min=2),
         "batch_frames": _f("int", 20000, "padded frames per evaluation batch", min=1),
+        "trials": _f("str", None, "VoxCeleb-style trial list scored as unseen-speaker verification", nullable=True),
     },
 }
 

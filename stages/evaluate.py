@@ -1,7 +1,13 @@
-"""evaluate: accuracy, EER and minDCF on val and test (full utterances) -> metrics/eval.json."""
+"""evaluate: accuracy, EER and minDCF on val and test (full utterances) -> metrics/eval.json.
+
+With data.verify_dir or evaluate.trials it also scores verification on unseen speakers
+("verify" in metrics/eval.json): their audio (listed in data/raw/verify.parquet by the
+download stage) is decoded, turned into log-mels with the model's feature params and
+embedded by the trained model."""
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -13,12 +19,14 @@ import typer
 
 from spkid.atomic import write_json
 from spkid.checkpoint import load_model_dir
-from spkid.evaluation import score_role
+from spkid.evaluation import embed_audio_files, extractor_for_model, score_role, score_trials
+from spkid.manifest import read_manifest
 from spkid.params import load_params
 from spkid.shards import load_features
+from spkid.sources.verify import verification_trials
 from spkid.training import embed_views, pick_device
 from stages.common import ParamsOption, one_line_errors, summary
-from stages.layout import DET_DIR, EVAL_METRICS, FEATURES, MODEL, VIEWS
+from stages.layout import DET_DIR, EVAL_METRICS, FEATURES, MODEL, VERIFY, VIEWS
 
 app = typer.Typer(add_completion=False)
 ROLES = ("val", "test")
@@ -31,7 +39,7 @@ def evaluate(params: Path = ParamsOption):
     started = time.perf_counter()
     p = load_params(params)
     device = pick_device(p.train.device)
-    model, _ = load_model_dir(MODEL, device)
+    model, config = load_model_dir(MODEL, device)
     views = pq.read_table(VIEWS)
     views = views.filter(pc.is_in(views["role"], value_set=pa.array(ROLES)))
     store = load_features(FEATURES, keep=set(views["source_id"].to_pylist()))
@@ -42,12 +50,53 @@ def evaluate(params: Path = ParamsOption):
         report[role], curve = score_role(
             emb, logits, np.asarray(part["speaker_id"]), seed=p.evaluate.seed,
             nontarget_ratio=p.evaluate.nontarget_ratio, max_trials=p.evaluate.max_trials)
-        write_json(DET_DIR / f"{role}.json", {"det": [
-            {"fpr": a, "fnr": b} for a, b in zip(curve["fpr"], curve["fnr"])] if curve else []})
+        _write_det(role, curve)
+    verify = _verify(p, model, config, device)
+    if verify is not None:
+        report["verify"], curve = verify
+        _write_det("verify", curve)
+    else:
+        (DET_DIR / "verify.json").unlink(missing_ok=True)
     write_json(EVAL_METRICS, report)
-    summary("evaluate", "; ".join(
-        f"{r}: top1 {report[r]['accuracy_top1']:.3f}, EER {_pct(report[r]['eer'])}"
-        for r in ROLES), time.perf_counter() - started)
+    text = "; ".join(f"{r}: top1 {report[r]['accuracy_top1']:.3f}, EER {_pct(report[r]['eer'])}"
+                     for r in ROLES)
+    if verify is not None:
+        v = report["verify"]
+        text += f"; verify: EER {_pct(v['eer'])} over {v['trials']} trials"
+    summary("evaluate", text, time.perf_counter() - started)
+
+
+def _write_det(name: str, curve: dict | None) -> None:
+    write_json(DET_DIR / f"{name}.json", {"det": [
+        {"fpr": a, "fnr": b} for a, b in zip(curve["fpr"], curve["fnr"])] if curve else []})
+
+
+def _verify(p, model, config: dict, device) -> tuple[dict, dict | None] | None:
+    """Verification metrics on the unseen-speaker audio, or None when none is configured."""
+    if not VERIFY.exists():
+        return None
+    rows, meta = read_manifest(VERIFY)
+    if meta.get("kind") is None:
+        return None
+    if config["features"].get("precomputed"):
+        print("spkid: warning: the model was trained on precomputed (HW4) features; "
+              "verification audio is turned into log-mels by spkid, which cannot reproduce "
+              "the data set's own extraction exactly, so the verification EER is pessimistic",
+              file=sys.stderr)
+    i, j, labels = verification_trials(rows, meta, seed=p.evaluate.seed,
+                                       nontarget_ratio=p.evaluate.nontarget_ratio,
+                                       max_trials=p.evaluate.max_trials)
+    used = np.unique(np.concatenate([i, j]))
+    emb = np.zeros((len(rows), model.embedding_dim), np.float32)
+    emb[used] = embed_audio_files(model, extractor_for_model(config["features"]),
+                                  [rows[k].path for k in used], p.evaluate.batch_frames,
+                                  device, progress=sys.stderr.isatty())
+    result, curve = score_trials(emb, i, j, labels)
+    result["recordings"] = int(len(used))
+    speakers = {rows[k].speaker for k in used if rows[k].speaker is not None}
+    if speakers:
+        result["speakers"] = len(speakers)
+    return result, curve
 
 
 def _pct(x) -> str:

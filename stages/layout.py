@@ -5,6 +5,7 @@ from pathlib import Path
 RAW = Path("data/raw")
 MANIFEST = RAW / "manifest.parquet"
 SOURCE_STAMP = RAW / "source.json"
+VERIFY = RAW / "verify.parquet"  # verification audio (data.verify_dir / evaluate.trials)
 DOWNLOADS = Path("data/downloads")  # download cache, outside every DVC out
 FEATURES = Path("data/features")
 INDEX = Path("data/index")

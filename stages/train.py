@@ -20,10 +20,10 @@ import pyarrow.parquet as pq
 import torch
 import typer
 
-from spkid.atomic import atomic_dir, atomic_path, write_json
+from spkid.atomic import atomic_dir, write_json
 from spkid.augment import NoiseAugment, SpecAugment, load_noise
 from spkid.batching import SegmentBatches
-from spkid.checkpoint import WEIGHTS, build_model, model_config, save_model_dir
+from spkid.checkpoint import WEIGHTS, build_model, model_config, save_model_dir, save_torch
 from spkid.errors import DataError
 from spkid.features import LogMelExtractor
 from spkid.losses import margin_schedule
@@ -126,17 +126,10 @@ def train(params: Path = ParamsOption):
         print(f"[train] rank {rank} of {world} on {device}: {len(batches.base)} segments", flush=True)
     live = _live(resume is not None) if rank == 0 else None
 
-    def save_checkpoint(snapshot: dict) -> None:
-        with atomic_path(LAST) as tmp:
-            torch.save({**snapshot, "fingerprint": fingerprint}, tmp)
-
-    def save_best(state: dict) -> None:
-        with atomic_path(BEST) as tmp:
-            torch.save(state, tmp)
-
     result = fit(model, batches, val, store, p.train, device=device,
-                 batch_frames=p.evaluate.batch_frames, save_best=save_best,
-                 save_checkpoint=save_checkpoint, resume=resume,
+                 batch_frames=p.evaluate.batch_frames, save_best=lambda state: save_torch(BEST, state),
+                 save_checkpoint=lambda snap: save_torch(LAST, {**snap, "fingerprint": fingerprint}),
+                 resume=resume,
                  margin_at=margin_schedule(p.loss), augment=_augmenter(p, device),
                  log=lambda metrics, step: _log(live, metrics, step), rank=rank, world=world)
     if world > 1:

@@ -26,7 +26,6 @@ from spkid.manifest import ManifestRow
 from spkid.sources.audio_dir import check_audio, read_trials_list, scan_verify
 
 FORMAT = "verify"
-VERIFY_MANIFEST = "verify.parquet"  # its name next to manifest.parquet (data/raw/)
 
 
 def scan_verification(verify_dir: str | Path | None, trials: str | Path | None
@@ -46,6 +45,7 @@ def scan_verification(verify_dir: str | Path | None, trials: str | Path | None
 
     trials = Path(os.path.abspath(trials))
     root = Path(os.path.abspath(verify_dir if verify_dir is not None else trials.parent))
+    where = {"verify_dir": str(root)} if verify_dir is not None else {}
     if verify_dir is not None and not root.is_dir():
         raise DataError(f"{verify_dir}: verification folder not found" if not root.exists()
                         else f"{verify_dir}: verification folder is not a folder")
@@ -61,7 +61,7 @@ def scan_verification(verify_dir: str | Path | None, trials: str | Path | None
         rows.append(ManifestRow(utterance_id=str(rel), speaker=speaker, path=str(f),
                                 duration=duration, size=st.st_size, mtime_ns=st.st_mtime_ns))
     digest = hashlib.sha256(trials.read_bytes()).hexdigest()
-    return rows, {"format": FORMAT, "kind": "trials", "trials": str(trials),
+    return rows, {"format": FORMAT, "kind": "trials", "trials": str(trials), **where,
                   "audio_root": str(root), "trials_sha256": digest, "pairs": len(pairs)}
 
 
