@@ -170,3 +170,11 @@ def segment_index(views: list[dict], speakers: list[str], segment_len: int) -> l
 
 def to_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=schema)
+
+
+def read_views(path, roles) -> dict[str, dict]:
+    """The views of each role in `roles`, as column dicts, from a views Parquet file."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    table = pq.read_table(path)
+    return {role: table.filter(pc.equal(table["role"], role)).to_pydict() for role in roles}

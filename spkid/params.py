@@ -60,7 +60,7 @@ SCHEMA: dict[str, Any] = {
             "min_seconds": _f("float", 2.0, "shortest utterance", above=0),
             "max_seconds": _f("float", 6.0, "longest utterance", above=0),
             "snr_db": _f("float", 20.0, "background noise level (higher is cleaner)"),
-            "spread": _f("float", 1.0, "how far apart speaker voices are (lower is harder)",
+            "spread": _f("float", 0.4, "how far apart speaker voices are (lower is harder)",
                          above=0),
         },
     },
@@ -86,7 +86,7 @@ SCHEMA: dict[str, Any] = {
         "trial_seconds": _f("float", 3.0, "split_by time: length of held-out pieces", above=0),
     },
     "model": {
-        "encoder": _f("str", "transformer", "frame encoder",
+        "encoder": _f("str", "ecapa_tdnn", "frame encoder",
                       choices=("transformer", "conformer", "ecapa_tdnn", "resnet34")),
         "d_model": _f("int", 64, "encoder width", min=8),
         "layers": _f("int", 2, "encoder layers", min=1),
@@ -94,20 +94,20 @@ SCHEMA: dict[str, Any] = {
         "ffn_dim": _f("int", 128, "feed-forward width", min=8),
         "conv_kernel": _f("int", 15, "conformer depthwise kernel (odd)", min=3),
         "dropout": _f("float", 0.1, "dropout", min=0, max=0.9),
-        "pooling": _f("str", "sap", "frames -> utterance vector",
+        "pooling": _f("str", "asp", "frames -> utterance vector",
                       choices=("mean", "sap", "asp", "tstp")),
         "attention_dim": _f("int", 64, "sap hidden size (0 = single linear score)", min=0),
         "embedding_dim": _f("int", 64, "speaker embedding size (0 = the pooled vector itself)",
                             min=0),
         "embedding_activation": _f("str", "none", "non-linearity after the embedding layer",
                                    choices=("none", "relu")),
-        "channels": _f("int", 256, "ecapa_tdnn: channels of the SE-Res2Net blocks", min=8),
-        "base_width": _f("int", 16, "resnet34: channels of the first stage", min=4),
-        "input_norm": _f("str", "cmn", "per-utterance mean normalisation of log-mels",
+        "channels": _f("int", 128, "ecapa_tdnn: channels of the SE-Res2Net blocks", min=8),
+        "base_width": _f("int", 8, "resnet34: channels of the first stage", min=4),
+        "input_norm": _f("str", "none", "per-utterance mean normalisation of log-mels",
                          choices=("cmn", "none")),
     },
     "loss": {
-        "name": _f("str", "am_softmax", "classification head and loss",
+        "name": _f("str", "aam_softmax", "classification head and loss",
                    choices=("softmax", "am_softmax", "aam_softmax")),
         "s": _f("float", 30.0, "cosine logit scale", above=0),
         "m": _f("float", 0.2, "additive margin on the target class", min=0, max=1),
@@ -276,7 +276,6 @@ def validate_params(raw: Any) -> Params:
     values = _validate(SCHEMA, raw, "")
     for key, ok, why in _CROSS_CHECKS:
         if not ok(values):
-            section, _, name = key.rpartition(".")
             value = values
             for part in key.split("."):
                 value = value[part]

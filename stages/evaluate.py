@@ -12,13 +12,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import typer
 
 from spkid.atomic import write_json
 from spkid.checkpoint import load_model_dir
+from spkid.index import read_views
 from spkid.evaluation import embed_audio_files, extractor_for_model, score_role, score_trials
 from spkid.manifest import read_manifest
 from spkid.params import load_params
@@ -40,12 +38,10 @@ def evaluate(params: Path = ParamsOption):
     p = load_params(params)
     device = pick_device(p.train.device)
     model, config = load_model_dir(MODEL, device)
-    views = pq.read_table(VIEWS)
-    views = views.filter(pc.is_in(views["role"], value_set=pa.array(ROLES)))
-    store = load_features(FEATURES, keep=set(views["source_id"].to_pylist()))
+    views = read_views(VIEWS, ROLES)
+    store = load_features(FEATURES, keep={s for v in views.values() for s in v["source_id"]})
     report = {}
-    for role in ROLES:
-        part = views.filter(pc.equal(views["role"], role)).to_pydict()
+    for role, part in views.items():
         emb, logits = embed_views(model, store, part, p.evaluate.batch_frames, device)
         report[role], curve = score_role(
             emb, logits, np.asarray(part["speaker_id"]), seed=p.evaluate.seed,

@@ -6,12 +6,11 @@ import json
 import time
 from pathlib import Path
 
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import typer
 
 from spkid.atomic import atomic_dir
 from spkid.checkpoint import load_model_dir, save_model_dir
+from spkid.index import read_views
 from spkid.export import predicted_speakers, provenance, write_submission
 from spkid.params import load_params
 from spkid.shards import load_features
@@ -30,8 +29,7 @@ def export(params: Path = ParamsOption):
     p = load_params(params)
     device = pick_device(p.train.device)
     model, config = load_model_dir(MODEL, device)
-    views = pq.read_table(VIEWS)
-    submit = views.filter(pc.equal(views["role"], "submit")).to_pydict()
+    submit = read_views(VIEWS, ["submit"])["submit"]
     store = load_features(FEATURES, keep=set(submit["source_id"]))
     _, logits = embed_views(model, store, submit, p.evaluate.batch_frames, device)
     predicted = predicted_speakers(logits, config["speakers"])

@@ -15,7 +15,6 @@ import shutil
 import time
 from pathlib import Path
 
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 import typer
@@ -26,6 +25,7 @@ from spkid.batching import SegmentBatches
 from spkid.checkpoint import WEIGHTS, build_model, model_config, save_model_dir, save_torch
 from spkid.errors import DataError
 from spkid.features import LogMelExtractor
+from spkid.index import read_views
 from spkid.losses import margin_schedule
 from spkid.params import load_params
 from spkid.shards import load_features, read_meta
@@ -100,8 +100,7 @@ def train(params: Path = ParamsOption):
     p = load_params(params)
     rank, world, device = _distributed(p.train.device)
     speakers = json.loads(SPEAKERS.read_text())["speakers"]
-    views = pq.read_table(VIEWS)
-    val = views.filter(pc.equal(views["role"], "val")).to_pydict()
+    val = read_views(VIEWS, ["val"])["val"]
     segments = pq.read_table(SEGMENTS).to_pydict()
     store = load_features(FEATURES, keep=set(segments["source_id"]) | set(val["source_id"]))
     feature_meta = read_meta(FEATURES)

@@ -21,7 +21,7 @@ TINY = {
     "data": {"synthetic": {"speakers": 5, "utterances_per_speaker": 8, "submit_per_speaker": 1,
                            "min_seconds": 1.0, "max_seconds": 2.0}},
     "index": {"val_fraction": 0.25, "test_fraction": 0.25},
-    "model": {"d_model": 32, "layers": 1, "heads": 2, "ffn_dim": 64, "embedding_dim": 32},
+    "model": {"channels": 16, "embedding_dim": 32},  # the default encoder, tiny
     "train": {"steps": 40, "batch_size": 16, "valid_every": 20, "warmup_steps": 5},
 }
 
@@ -135,6 +135,19 @@ def test_repro_then_experiment(repo):
     assert 0.2 in margins and 0.35 in margins, margins
     diff = run(["dvc", "metrics", "diff", "--json"], path, env).stdout
     assert "eval.json" in diff
+
+    # A non-default encoder, pooling and loss, chosen by name, through the same pipeline.
+    run(["dvc", "exp", "run", "-S", "model.encoder=conformer", "-S", "model.d_model=32",
+         "-S", "model.layers=1", "-S", "model.heads=2", "-S", "model.ffn_dim=64",
+         "-S", "model.pooling=sap", "-S", "loss.name=am_softmax",
+         "-S", "loss.margin_warmup=[5,30]"], path, env)
+    config = json.loads((path / "data/export/model/model.json").read_text())
+    assert (config["model"]["encoder"], config["model"]["pooling"], config["loss"]["name"]) == \
+        ("conformer", "sap", "am_softmax")
+    zoo = read_metrics(path)
+    assert zoo["test"]["eer"] is not None and zoo != exp
+    state = torch.load(path / "data/export/model/model.pt", weights_only=True)
+    assert any(k.startswith("encoder.conformer.") for k in state), sorted(state)[:5]
 
 
 @pytest.mark.e2e

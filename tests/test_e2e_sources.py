@@ -17,7 +17,7 @@ from test_sources_stage import make_audio_dir, make_hw4
 
 TINY = {
     "index": {"val_fraction": 0.25, "test_fraction": 0.25, "segment_len": 48},
-    "model": {"d_model": 32, "layers": 1, "heads": 2, "ffn_dim": 64, "embedding_dim": 32,
+    "model": {"encoder": "transformer", "pooling": "sap", "d_model": 32, "layers": 1, "heads": 2, "ffn_dim": 64, "embedding_dim": 32,
               "attention_dim": 32},
     "train": {"steps": 30, "batch_size": 16, "valid_every": 15, "warmup_steps": 5},
     "evaluate": {"trials": None},  # until params.yaml ships the key

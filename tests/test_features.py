@@ -68,3 +68,16 @@ def test_pad_to_min_length_repeats_audio():
     wave = np.arange(5, dtype=np.float32)
     np.testing.assert_array_equal(pad_to_min_length(wave, 12), [0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 0, 1])
     assert pad_to_min_length(wave, 3) is wave
+
+
+def test_broken_torchaudio_is_one_clear_line(monkeypatch):
+    import sys
+
+    from spkid.audio import require_torchaudio
+    from spkid.errors import SpkidError
+    monkeypatch.setitem(sys.modules, "torchaudio", None)  # import now raises ImportError
+    with pytest.raises(SpkidError) as err:
+        require_torchaudio()
+    message = str(err.value)
+    assert "\n" not in message and "torchaudio failed to import" in message
+    assert "pip install 'torch>=2.11,<2.15' 'torchaudio==2.11.*'" in message

@@ -21,7 +21,7 @@ BIN = Path(sys.executable).parent
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("inference")
-    p = validate_params({"model": {"d_model": 16, "layers": 1, "heads": 2, "ffn_dim": 32,
+    p = validate_params({"model": {"encoder": "transformer", "d_model": 16, "layers": 1, "heads": 2, "ffn_dim": 32,
                                    "embedding_dim": 8}})
     extractor = LogMelExtractor()
     config = {"model": p.model.to_dict(), "loss": p.loss.to_dict(), "n_mels": 40,

@@ -85,7 +85,7 @@ def write_params(path: Path, params: dict) -> Path:
 
 TINY_TRAIN = {
     "index": {"val_fraction": 0.25, "test_fraction": 0.25, "segment_len": 32},
-    "model": {"d_model": 16, "layers": 1, "heads": 2, "ffn_dim": 32, "embedding_dim": 16,
+    "model": {"encoder": "transformer", "pooling": "sap", "d_model": 16, "layers": 1, "heads": 2, "ffn_dim": 32, "embedding_dim": 16,
               "attention_dim": 16},
     "train": {"steps": 4, "batch_size": 8, "valid_every": 2, "warmup_steps": 1,
               "device": "cpu"},

@@ -20,7 +20,8 @@ PARAMS = {
     "data": {"synthetic": {"speakers": 4, "utterances_per_speaker": 6, "submit_per_speaker": 0,
                            "min_seconds": 1.0, "max_seconds": 1.5}},
     "index": {"val_fraction": 0.2, "test_fraction": 0.2},
-    "model": {"d_model": 32, "layers": 1, "heads": 2, "ffn_dim": 64, "embedding_dim": 32},
+    # The default encoder (ECAPA-TDNN: BatchNorm statistics must resume too), small.
+    "model": {"channels": 32, "embedding_dim": 32},
     "train": {"steps": 150, "batch_size": 16, "valid_every": 25, "warmup_steps": 10,
               "checkpoint_every": 10, "augment": {"specaugment": True}},
     "loss": {"margin_warmup": [20, 80]},

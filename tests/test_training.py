@@ -44,10 +44,10 @@ def views_for(store, labels):
 
 
 PARAMS = validate_params({
-    "model": {"d_model": 16, "layers": 1, "heads": 2, "ffn_dim": 32, "embedding_dim": 16, "input_norm": "none",
+    "model": {"encoder": "transformer", "pooling": "sap", "d_model": 16, "layers": 1, "heads": 2, "ffn_dim": 32, "embedding_dim": 16, "input_norm": "none",
               "dropout": 0.1},
     "train": {"steps": 30, "batch_size": 8, "valid_every": 10, "warmup_steps": 3, "lr": 3e-3},
-    "loss": {"s": 10.0},
+    "loss": {"name": "am_softmax", "s": 10.0},
 })
 
 
