@@ -196,7 +196,7 @@ def test_std_is_safe_on_constant_features():
 # ---- embedding options and the SpeakerNet API ---------------------------------------------
 
 def test_embedding_dim_zero_uses_the_pooled_vector():
-    net = make_net(encoder="transformer", pooling="tstp", embedding_dim=0,
+    net = make_net(encoder="transformer", pooling="tstp", embedding_dim=0, input_norm="cmn",
                    **ENCODER_SETTINGS["transformer"]).eval()
     assert isinstance(net.embedding, nn.Identity)
     assert net.embedding_dim == net.pooling.out_dim == 32
