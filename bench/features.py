@@ -16,10 +16,11 @@ from pathlib import Path
 
 import torch
 
-from spkid.audio import AUDIO_SUFFIXES, audio_info
+from spkid.audio import audio_info
 from spkid.features import LogMelExtractor, manifest_to_shards
 from spkid.manifest import ManifestRow
 from spkid.shards import ShardWriter
+from spkid.sources.audio_dir import find_audio
 
 
 def main() -> None:
@@ -30,7 +31,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
 
-    files = sorted(p for p in args.folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+    files = [args.folder / f for f in find_audio(args.folder)]
     if not files:
         raise SystemExit(f"no audio files under {args.folder}")
     rows = [ManifestRow(str(p.relative_to(args.folder)), p.parent.name, str(p.resolve()),

@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from spkid.audio import AUDIO_SUFFIXES, read_audio, require_torchaudio
+from spkid.audio import read_audio, require_torchaudio
 from spkid.errors import DataError
+from spkid.sources.audio_dir import find_audio
 
 
 class SpecAugment(torch.nn.Module):
@@ -66,7 +67,7 @@ def load_noise(folder: str | Path, extractor) -> list[np.ndarray]:
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"train.augment.noise_dir: folder not found: {folder}")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+    files = [folder / f for f in find_audio(folder)]
     if not files:
         raise DataError(f"train.augment.noise_dir: no audio files in {folder}")
     return extractor([read_audio(p, extractor.sample_rate) for p in files])

@@ -15,8 +15,8 @@ from spkid.shards import FeatureStore
 class SegmentBatches(torch.utils.data.Dataset):
     """Item k is training batch k: random crops drawn from the segment index."""
 
-    def __init__(self, store: FeatureStore, segments, batch_size: int, segment_len: int,
-                 seed: int, steps: int, rank: int = 0, world: int = 1):
+    def __init__(self, store: FeatureStore, segments, batch_size: int, seed: int, steps: int,
+                 rank: int = 0, world: int = 1):
         pos = store.position()
         # Each DDP rank draws from its own slice of the segment index.
         take = slice(rank, None, world)
@@ -28,7 +28,8 @@ class SegmentBatches(torch.utils.data.Dataset):
         if len(self.base) == 0:
             raise ValueError("the segment index is empty: nothing to train on")
         self.frames = store.frames
-        self.batch_size, self.segment_len = batch_size, segment_len
+        # Crop lengths come from the segment index, which `index` builds from segment_len.
+        self.batch_size = batch_size
         self.seed, self.steps, self.rank = seed, steps, rank
 
     def __len__(self) -> int:

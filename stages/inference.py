@@ -19,6 +19,7 @@ from spkid.audio import AUDIO_SUFFIXES
 from spkid.checkpoint import load_model_dir
 from spkid.errors import DataError
 from spkid.evaluation import embed_audio_files, extractor_for_model
+from spkid.sources.audio_dir import find_audio
 from spkid.training import pick_device
 from stages.common import one_line_errors
 from stages.layout import EXPORT_MODEL
@@ -50,12 +51,10 @@ def _audio_files(inputs: list[Path]) -> list[tuple[Path, str | None]]:
     found = []
     for item in inputs:
         if item.is_dir():
-            files = sorted(p for p in item.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES
-                           and not any(part.startswith(".") for part in p.relative_to(item).parts))
+            files = find_audio(item)
             if not files:
                 raise DataError(f"{item}: no audio files ({', '.join(AUDIO_SUFFIXES)})")
-            found += [(f, f.relative_to(item).parts[0] if len(f.relative_to(item).parts) > 1
-                       else None) for f in files]
+            found += [(item / f, f.split("/")[0] if "/" in f else None) for f in files]
         elif item.is_file():
             found.append((item, None))
         else:

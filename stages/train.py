@@ -111,8 +111,8 @@ def train(params: Path = ParamsOption):
     model = build_model(config)
     if rank > 0:
         torch.manual_seed(p.train.seed + rank)  # same initial weights, different dropout
-    batches = SegmentBatches(store, segments, p.train.batch_size, p.index.segment_len,
-                             p.train.seed, p.train.steps, rank=rank, world=world)
+    batches = SegmentBatches(store, segments, p.train.batch_size, p.train.seed, p.train.steps,
+                             rank=rank, world=world)
     fingerprint = _fingerprint(p)
     resume = _resumable(fingerprint)
     if rank == 0 and resume is None:

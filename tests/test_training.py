@@ -57,7 +57,7 @@ def run_training(tmp_path, seed=0):
     config = {"model": PARAMS.model.to_dict(), "loss": PARAMS.loss.to_dict(), "n_mels": N_MELS,
               "speakers": ["a", "b", "c"], "features": {}}
     model = build_model(config)
-    batches = SegmentBatches(store, segments_for(store, labels), 8, 32, seed, 30)
+    batches = SegmentBatches(store, segments_for(store, labels), 8, seed, 30)
     saved = {}
     result = train(model, batches, views_for(store, labels), store, PARAMS.train,
                    device=torch.device("cpu"), batch_frames=400,
@@ -84,7 +84,7 @@ def test_training_learns_and_is_deterministic(tmp_path):
 
 def test_segment_batches_are_a_function_of_step():
     store, labels = toy_store()
-    batches = SegmentBatches(store, segments_for(store, labels), 6, 32, seed=5, steps=10)
+    batches = SegmentBatches(store, segments_for(store, labels), 6, seed=5, steps=10)
     x1, m1, y1 = batches[3]
     x2, m2, y2 = batches[3]
     assert torch.equal(x1, x2) and torch.equal(y1, y2)
