@@ -1,0 +1,46 @@
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from spkid.augment import NoiseAugment, SpecAugment, load_noise
+from spkid.errors import DataError
+from spkid.features import LogMelExtractor
+
+
+def test_load_noise_reads_folder_and_names_bad_one(tmp_path):
+    rng = np.random.default_rng(0)
+    (tmp_path / "n" / "sub").mkdir(parents=True)
+    sf.write(tmp_path / "n" / "sub" / "hum.wav", 0.1 * rng.standard_normal(8000), 16000)
+    sf.write(tmp_path / "n" / ".hidden.wav", 0.1 * rng.standard_normal(8000), 16000)
+    feats = load_noise(tmp_path / "n", LogMelExtractor())
+    assert len(feats) == 1 and feats[0].shape == (51, 40)
+    with pytest.raises(DataError, match="noise_dir.*missing"):
+        load_noise(tmp_path / "missing", LogMelExtractor())
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no audio files"):
+        load_noise(tmp_path / "empty", LogMelExtractor())
+
+
+def test_noise_follows_snr_and_masks():
+    torch.manual_seed(0)
+    speech = torch.randn(4, 30, 8)
+    mask = torch.ones(4, 30, dtype=torch.bool)
+    mask[1, 20:] = False
+    noise = [np.log(np.full((50, 8), 5.0, np.float32))]
+    quiet = NoiseAugment(noise, (60.0, 60.0), prob=1.0)(speech * mask[..., None], mask)
+    loud = NoiseAugment(noise, (-20.0, -20.0), prob=1.0)(speech * mask[..., None], mask)
+    off = NoiseAugment(noise, (-20.0, -20.0), prob=0.0)(speech * mask[..., None], mask)
+    real = mask[..., None].expand_as(speech)
+    assert torch.allclose(quiet[real], speech[real], atol=1e-3)  # 60 dB SNR: barely changed
+    assert torch.allclose(off[real], speech[real], atol=1e-5)    # prob 0: untouched
+    # At -20 dB the noise dominates: frames move toward the noise level and vary less.
+    assert (loud[real] - speech[real]).abs().mean() > 1.0 and loud[real].std() < speech[real].std()
+    assert (loud[1, 20:] == 0).all()  # padded frames stay zero
+
+
+def test_specaugment_masks_bands():
+    torch.manual_seed(0)
+    x = torch.randn(3, 50, 20) + 10
+    out = SpecAugment(2, 10, 2, 5)(x)
+    assert out.shape == x.shape and ((out == 0) | (out == x)).all() and (out == 0).any()
