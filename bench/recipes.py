@@ -51,6 +51,8 @@ TUNING = {
     "segment 128, lr 4e-3": {"index.segment_len": 128, "train.lr": 4e-3},
     "default + lr 4e-3": {"train.lr": 4e-3},
     "default + embedding 192": {"model.embedding_dim": 192},
+    "default + AM-softmax": {"loss.name": "am_softmax"},
+    "default + AM-softmax + embedding 192": {"loss.name": "am_softmax", "model.embedding_dim": 192},
 }
 SPLIT = {"data.source": "audio_dir", "index.split_by": "time", "index.val_fraction": 0.2,
          "index.test_fraction": 0.2, "index.trial_seconds": 0.5, "data.min_seconds": 0.5,
