@@ -30,11 +30,7 @@ def score_role(emb: np.ndarray, logits: np.ndarray, speaker_ids: np.ndarray, *, 
            "accuracy_top1": metrics.top_k_accuracy(logits, speaker_ids, 1),
            "accuracy_top5": metrics.top_k_accuracy(logits, speaker_ids, 5)}
     i, j, labels = metrics.sample_trials(list(speaker_ids), seed, nontarget_ratio, max_trials)
-    if labels.sum() == 0 or labels.sum() == len(labels):
-        # Verification needs both kinds of trial; say so instead of inventing a number.
-        out.update({"eer": None, "min_dcf_p01": None, "min_dcf_p05": None, "trials": int(len(labels))})
-        return out, None
-    result, det = verification(cosine_scores(emb, i, j), labels)
+    result, det = score_trials(emb, i, j, labels)
     out.update(result)
     return out, det
 
@@ -44,6 +40,7 @@ def score_trials(emb: np.ndarray, i: np.ndarray, j: np.ndarray, labels: np.ndarr
     """Verification metrics of given trials; null metrics when one kind of trial is missing."""
     labels = np.asarray(labels, np.int64)
     if labels.sum() == 0 or labels.sum() == len(labels):
+        # Verification needs both kinds of trial; say so instead of inventing a number.
         return {"eer": None, "min_dcf_p01": None, "min_dcf_p05": None,
                 "trials": int(len(labels)), "target_trials": int(labels.sum())}, None
     return verification(cosine_scores(emb, i, j), labels)

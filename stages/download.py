@@ -29,7 +29,7 @@ from pathlib import Path
 import typer
 
 import spkid.synthetic
-from spkid.atomic import atomic_dir, write_json
+from spkid.atomic import atomic_dir, atomic_path, write_json
 from spkid.errors import DataError
 from spkid.manifest import write_manifest
 from spkid.params import load_params
@@ -187,8 +187,6 @@ def _replace_if_changed(target: Path, write, is_dir: bool = True) -> bool:
     in one rename, unless it is byte for byte what is already there: then the old one
     stays untouched (same mtimes, so DVC need not even re-hash it). Returns whether it
     was replaced."""
-    from spkid.atomic import atomic_path
-
     try:
         with (atomic_dir(target) if is_dir else atomic_path(target)) as tmp:
             write(tmp)

@@ -343,3 +343,17 @@ def test_top_k_known_answers():
     assert top_k_accuracy(logits, labels, 99) == 1.0  # k clipped to the number of classes
     with pytest.raises(ValueError):
         top_k_accuracy(logits, labels, 0)
+
+
+def test_score_role_without_same_speaker_pairs_reports_null_verification():
+    from spkid.evaluation import score_role
+    rng = np.random.default_rng(0)
+    speakers = np.arange(6)  # one utterance per speaker: no same-speaker trial exists
+    logits = rng.normal(size=(6, 6))
+    report, det = score_role(rng.normal(size=(6, 8)).astype(np.float32), logits, speakers,
+                             seed=0, nontarget_ratio=4.0, max_trials=1000)
+    assert det is None
+    assert report["eer"] is None and report["min_dcf_p01"] is None
+    # nontarget_ratio times zero, but sample_trials keeps one different-speaker pair
+    assert report["target_trials"] == 0 and report["trials"] == 1
+    assert report["accuracy_top1"] == float(np.mean(logits.argmax(1) == speakers))
