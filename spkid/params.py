@@ -76,7 +76,7 @@ SCHEMA: dict[str, Any] = {
         "batch_size": _f("int", 32, "utterances per feature computation batch", min=1),
     },
     "index": {
-        "segment_len": _f("int", 100, "training segment length (frames)", min=8),
+        "segment_len": _f("int", 64, "training segment length (frames)", min=8),
         "val_fraction": _f("float", 0.1, "share of each speaker's utterances for val", min=0, max=0.5),
         "test_fraction": _f("float", 0.1, "share of each speaker's utterances for test", min=0,
                             max=0.5),

@@ -16,7 +16,7 @@ def test_shipped_params_equal_schema_defaults():
 def test_contract_defaults():
     p = validate_params({})
     assert (p.features.sample_rate, p.features.n_mels, p.features.n_fft, p.features.hop_length) == (16000, 40, 400, 160)
-    assert (p.index.segment_len, p.loss.name, p.loss.s, p.loss.m) == (100, "aam_softmax", 30.0, 0.2)
+    assert (p.index.segment_len, p.loss.name, p.loss.s, p.loss.m) == (64, "aam_softmax", 30.0, 0.2)
     assert p.data.source == "synthetic" and p.train.device == "auto"
 
 
