@@ -63,6 +63,8 @@ TUNING = {
     "segment 80": {"index.segment_len": 80},
     "segment 48": {"index.segment_len": 48},
     "segment 32": {"index.segment_len": 32},
+    "default + TSTP pooling": {"model.pooling": "tstp"},
+    "default + SAP pooling": {"model.pooling": "sap"},
 }
 SPLIT = {"data.source": "audio_dir", "index.split_by": "time", "index.val_fraction": 0.2,
          "index.test_fraction": 0.2, "index.trial_seconds": 0.5, "data.min_seconds": 0.5,
