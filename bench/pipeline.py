@@ -26,6 +26,9 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from spkid.recipes import apply, parse_override  # noqa: E402
+
 PROJECT_FILES = ["dvc.yaml", "params.yaml", "pyproject.toml", ".dvcignore", ".gitignore",
                  ".dvc/config", ".dvc/.gitignore", "spkid", "stages"]
 SUMMARY = re.compile(r"^\[(?P<stage>\w+)\] (?P<text>.*) in (?P<seconds>[0-9.]+) s$")
@@ -44,25 +47,15 @@ def copy_project(dest: Path) -> None:
             shutil.copy2(src, dest / name)
 
 
-def set_key(params: dict, dotted: str, value) -> None:
-    *parents, leaf = dotted.split(".")
-    node = params
-    for key in parents:
-        node = node.setdefault(key, {})
-    node[leaf] = value
-
-
 def write_params(dest: Path, folder: Path, overrides: list[str]) -> dict:
     params = yaml.safe_load((ROOT / "params.yaml").read_text()) or {}
-    set_key(params, "data.source", "audio_dir")
-    set_key(params, "data.path", str(folder))
-    set_key(params, "index.split_by", "time")
+    params = apply(params, {"data.source": "audio_dir", "data.path": str(folder),
+                            "index.split_by": "time"})
     params.setdefault("evaluate", {}).setdefault("trials", None)  # listed in dvc.yaml
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set {item!r}: expected key=value")
-        set_key(params, key, yaml.safe_load(value))
+    try:
+        params = apply(params, dict(parse_override(item) for item in overrides))
+    except ValueError as exc:
+        raise SystemExit(f"--set {exc}")
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return params
 

@@ -28,7 +28,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from spkid.params import defaults  # noqa: E402
-from spkid.recipes import RECIPES, apply  # noqa: E402
+from spkid.recipes import RECIPES, apply, parse_override  # noqa: E402
 
 # Encoder x pooling x loss around the default (ECAPA-TDNN 128 + ASP + AAM-softmax); each row
 # changes only the named parts. The grid ran with 48-frame crops, the shortest candidate.
@@ -88,7 +88,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--only", nargs="*", help="run only these configuration names")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "recipes.json")
-    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+    ap.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                     help="change the shared protocol, e.g. index.trial_seconds=1.0")
     args = ap.parse_args()
     split = {**SPLIT, **dict(_override(s) for s in args.set)}
@@ -145,10 +145,13 @@ def main() -> None:
 
 
 def _override(text: str) -> tuple[str, object]:
-    key, sep, value = text.partition("=")
-    if not sep or key not in SPLIT:
-        raise SystemExit(f"--set {text!r}: expected KEY=VALUE with KEY one of {sorted(SPLIT)}")
-    return key, yaml.safe_load(value)
+    try:
+        key, value = parse_override(text)
+    except ValueError as exc:
+        raise SystemExit(f"--set {exc}")
+    if key not in SPLIT:
+        raise SystemExit(f"--set {text!r}: KEY must be one of {sorted(SPLIT)}")
+    return key, value
 
 
 def _agg(values: list[float]) -> str:

@@ -33,6 +33,16 @@ def as_flags(name: str) -> list[str]:
     return [f"-S {key}={value}" for key, value in RECIPES[name].items()]
 
 
+def parse_override(text: str) -> tuple[str, object]:
+    """The dotted key and value of one `key=value` override (the form `as_flags` prints);
+    the value is read as YAML, so numbers, booleans and null keep their types."""
+    import yaml
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ValueError(f"{text!r}: expected key=value")
+    return key, yaml.safe_load(value)
+
+
 def apply(params: dict, overrides: dict[str, object]) -> dict:
     """A copy of a nested params dict with dotted-key overrides applied."""
     import copy

@@ -274,3 +274,16 @@ def test_reference_recipe_conformer_sap():
     assert net.head.fc.weight.shape == (600, 160)
     emb, logits = net.eval()(*padded_batch([12, 7], n_mels=40))
     assert emb.shape == (2, 160) and logits.shape == (2, 600)
+
+
+def test_parse_override_reads_values_as_yaml():
+    from spkid.recipes import RECIPES, as_flags, parse_override
+    assert parse_override("index.trial_seconds=1.0") == ("index.trial_seconds", 1.0)
+    assert parse_override("train.augment.noise_dir=null") == ("train.augment.noise_dir", None)
+    assert parse_override("data.path=a=b") == ("data.path", "a=b")  # first '=' splits
+    # Round trip of what `spkid recipe` prints.
+    flags = dict(parse_override(f.removeprefix("-S ")) for f in as_flags("hw4_best"))
+    assert flags == RECIPES["hw4_best"]
+    for bad in ("index.segment_len", "=3"):
+        with pytest.raises(ValueError, match="expected key=value"):
+            parse_override(bad)
