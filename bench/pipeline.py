@@ -35,9 +35,9 @@ SUMMARY = re.compile(r"^\[(?P<stage>\w+)\] (?P<text>.*) in (?P<seconds>[0-9.]+) 
 STAGES = ("download", "features", "index", "train", "evaluate", "export")
 
 
-def copy_project(dest: Path) -> None:
+def copy_project(dest: Path, source: Path = ROOT) -> None:
     for name in PROJECT_FILES:
-        src = ROOT / name
+        src = source / name
         if not src.exists():
             continue
         if src.is_dir():

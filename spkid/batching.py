@@ -13,42 +13,43 @@ from spkid.shards import FeatureStore
 
 
 class SegmentBatches(torch.utils.data.Dataset):
-    """Item k is training batch k: random crops drawn from the segment index."""
+    """Item k is training batch k: random crops drawn from the segment index.
+
+    The index has one row per train view with `windows` crop windows `hop` frames apart;
+    a draw picks one window of all (uniformly), then a start inside it. Nothing per window
+    is materialised, so memory grows with the number of views, not frames."""
 
     def __init__(self, store: FeatureStore, segments, batch_size: int, seed: int, steps: int,
                  rank: int = 0, world: int = 1):
-        pos = store.position()
-        # Each DDP rank draws from its own slice of the segment index.
-        take = slice(rank, None, world)
-        src = np.array([pos[s] for s in segments["source_id"]], dtype=np.int64)[take]
-        self.base = store.offset[src] + np.asarray(segments["start_frame"], np.int64)[take]
-        self.length = np.asarray(segments["num_frames"], np.int64)[take]
-        self.jitter = np.asarray(segments["jitter"], np.int64)[take]
-        self.label = np.asarray(segments["speaker_id"], np.int64)[take]
-        if len(self.base) == 0:
+        self.store = store
+        self.pos = store.positions(segments["source_id"])
+        self.start = np.asarray(segments["start_frame"], np.int64)
+        self.length = np.asarray(segments["num_frames"], np.int64)
+        self.hop = np.asarray(segments["hop"], np.int64)
+        self.last = np.asarray(segments["view_frames"], np.int64) - self.length
+        self.label = np.asarray(segments["speaker_id"], np.int64)
+        windows = np.asarray(segments["windows"], np.int64)
+        self.first_window = np.concatenate([[0], np.cumsum(windows)[:-1]]).astype(np.int64)
+        # Each DDP rank draws from its own share of the windows: every world-th one.
+        self.count = max(0, (int(windows.sum()) - rank + world - 1) // world)
+        if self.count == 0:
             raise ValueError("the segment index is empty: nothing to train on")
-        self.frames = store.frames
-        # Crop lengths come from the segment index, which `index` builds from segment_len.
         self.batch_size = batch_size
-        self.seed, self.steps, self.rank = seed, steps, rank
+        self.seed, self.steps, self.rank, self.world = seed, steps, rank, world
 
     def __len__(self) -> int:
         return self.steps
 
     def __getitem__(self, step: int):
         rng = np.random.default_rng([self.seed, self.rank, step])
-        pick = rng.integers(0, len(self.base), self.batch_size)
-        start = self.base[pick] + (rng.random(self.batch_size) * (self.jitter[pick] + 1)).astype(np.int64)
-        length = self.length[pick]
-        width = int(length.max())
-        cols = np.arange(width)
-        mask = cols[None, :] < length[:, None]
-        # Gather all crops at once; positions past a crop's end read its first frame
-        # and are masked out.
-        idx = start[:, None] + np.where(mask, cols[None, :], 0)
-        x = self.frames[idx] * mask[..., None]
-        return (torch.from_numpy(x.astype(np.float32, copy=False)), torch.from_numpy(mask),
-                torch.from_numpy(self.label[pick]))
+        window = self.rank + self.world * rng.integers(0, self.count, self.batch_size)
+        v = np.searchsorted(self.first_window, window, side="right") - 1
+        offset = (window - self.first_window[v]) * self.hop[v]
+        # A crop starts anywhere up to the next window, and never runs past its view.
+        jitter = np.minimum(self.hop[v] - 1, self.last[v] - offset)
+        start = self.start[v] + offset + (rng.random(self.batch_size) * (jitter + 1)).astype(np.int64)
+        x, mask = self.store.crops(self.pos[v], start, self.length[v])
+        return torch.from_numpy(x), torch.from_numpy(mask), torch.from_numpy(self.label[v])
 
 
 def view_batches(lengths: np.ndarray, batch_frames: int):
@@ -63,14 +64,3 @@ def view_batches(lengths: np.ndarray, batch_frames: int):
         batch.append(int(i))
     if batch:
         yield batch
-
-
-def pad_views(store: FeatureStore, source_pos: np.ndarray, starts: np.ndarray,
-              lengths: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    width = int(lengths.max())
-    x = np.zeros((len(lengths), width, store.frames.shape[1]), np.float32)
-    mask = np.zeros((len(lengths), width), bool)
-    for k, (p, s, n) in enumerate(zip(source_pos, starts, lengths)):
-        x[k, :n] = store.frames[store.offset[p] + s: store.offset[p] + s + n]
-        mask[k, :n] = True
-    return torch.from_numpy(x), torch.from_numpy(mask)

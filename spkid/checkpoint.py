@@ -27,6 +27,23 @@ def build_model(config: dict):
                       len(config["speakers"]))
 
 
+def resumable(last: Path, best: Path, fingerprint: str) -> tuple[dict | None, str]:
+    """(snapshot to resume from, None) or (None, why not) for a training checkpoint; why is
+    empty when there is simply none. A snapshot taken before the first validation has no
+    best model yet and is resumable on its own."""
+    if not last.exists():
+        return None, ""
+    try:
+        snapshot = torch.load(last, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        return None, f"ignoring unreadable checkpoint {last} ({str(exc).splitlines()[0]})"
+    if snapshot.get("fingerprint") != fingerprint:
+        return None, f"{last} is from other params or data: starting afresh"
+    if snapshot.get("progress", {}).get("best_step", 0) > 0 and not best.exists():
+        return None, f"{best} (the best model so far) is missing: starting afresh"
+    return snapshot, ""
+
+
 def save_torch(path: str | Path, obj) -> None:
     """torch.save, atomically and byte-reproducibly: torch names the archive inside the file
     after the file it writes to, so save to memory rather than to a random temporary name."""

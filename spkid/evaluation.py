@@ -23,12 +23,14 @@ def verification(scores: np.ndarray, labels: np.ndarray) -> tuple[dict, dict]:
     return result, metrics.det_points(scores, labels)
 
 
-def score_role(emb: np.ndarray, logits: np.ndarray, speaker_ids: np.ndarray, *, seed: int,
+def score_role(emb: np.ndarray, true_rank: np.ndarray, speaker_ids: np.ndarray, *, seed: int,
                nontarget_ratio: float, max_trials: int) -> tuple[dict, dict | None]:
-    """Accuracy plus verification over all same-speaker pairs and sampled different ones."""
-    out = {"utterances": int(len(speaker_ids)),
-           "accuracy_top1": metrics.top_k_accuracy(logits, speaker_ids, 1),
-           "accuracy_top5": metrics.top_k_accuracy(logits, speaker_ids, 5)}
+    """Accuracy (from each view's rank of its true class) plus verification over all
+    same-speaker pairs and sampled different ones. An empty role has null metrics."""
+    n = len(speaker_ids)
+    out = {"utterances": int(n),
+           "accuracy_top1": float(np.mean(true_rank < 1)) if n else None,
+           "accuracy_top5": float(np.mean(true_rank < 5)) if n else None}
     i, j, labels = metrics.sample_trials(list(speaker_ids), seed, nontarget_ratio, max_trials)
     result, det = score_trials(emb, i, j, labels)
     out.update(result)
@@ -70,9 +72,9 @@ def embed_audio_files(model, extractor, paths, batch_frames: int, device, *,
     from tqdm import tqdm
 
     from spkid.audio import audio_info, read_audio
-    from spkid.batching import pad_views, view_batches
+    from spkid.batching import view_batches
     from spkid.shards import FeatureStore
-    from spkid.training import autocast
+    from spkid.device import autocast
 
     paths = [str(p) for p in paths]
     device = torch.device(device)
@@ -103,15 +105,13 @@ def embed_audio_files(model, extractor, paths, batch_frames: int, device, *,
                 waves = [read_audio(paths[k], extractor.sample_rate)
                          for k in chunk[s:s + extract_batch]]
                 feats += extractor(waves)
-            length = np.array([len(f) for f in feats], np.int64)
-            offset = np.zeros(len(feats), np.int64)
-            np.cumsum(length[:-1], out=offset[1:])
-            store = FeatureStore(np.concatenate(feats), [paths[k] for k in chunk], offset, length)
+            store = FeatureStore.from_matrices([paths[k] for k in chunk], feats)
+            length = store.length
             for batch in view_batches(length, batch_frames):
                 batch = np.asarray(batch, np.int64)
-                x, mask = pad_views(store, batch, np.zeros(len(batch), np.int64), length[batch])
+                x, mask = store.crops(batch, np.zeros(len(batch), np.int64), length[batch])
                 with torch.no_grad(), autocast(device):
-                    emb = model.embed(x.to(device), mask.to(device))
+                    emb = model.embed(torch.from_numpy(x).to(device), torch.from_numpy(mask).to(device))
                 out[np.asarray(chunk)[batch]] = emb.float().cpu().numpy()
             bar.update(len(chunk))
     finally:

@@ -8,7 +8,6 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
-import numpy as np
 
 from spkid.atomic import atomic_path
 
@@ -19,10 +18,6 @@ def write_submission(path: str | Path, utterance_ids: list[str], speakers: list[
         out = csv.writer(f)
         out.writerow(["Id", "Category"])
         out.writerows(zip(utterance_ids, speakers))
-
-
-def predicted_speakers(logits: np.ndarray, speakers: list[str]) -> list[str]:
-    return [speakers[k] for k in logits.argmax(axis=1)] if len(logits) else []
 
 
 def provenance(repo: str | Path = ".") -> dict:

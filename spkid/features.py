@@ -7,6 +7,8 @@ which other utterances share its batch.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -34,7 +36,10 @@ class LogMelExtractor:
     def config(self) -> dict:
         return {"sample_rate": self.sample_rate, "n_mels": self.n_mels, "n_fft": self.n_fft,
                 "hop_length": self.hop_length, "f_min": self.f_min, "f_max": self.f_max,
-                "window": "hann", "mel_scale": "htk", "log_floor": LOG_FLOOR, "center": True}
+                "window": "hann", "mel_scale": "htk", "log_floor": LOG_FLOOR,
+                # What happens, in torchaudio's words: the STFT runs uncentred on a wave
+                # reflect-padded by n_fft // 2 on its own (frames as a centred STFT's).
+                "center": False, "pad": "reflect n_fft // 2"}
 
     def num_frames(self, num_samples: int) -> int:
         return 1 + num_samples // self.hop_length
@@ -64,49 +69,122 @@ def pad_to_min_length(wave: np.ndarray, min_samples: int) -> np.ndarray:
     return np.resize(wave, min_samples)
 
 
-def manifest_to_shards(rows, manifest_path, meta: dict, extractor: LogMelExtractor,
-                       writer, *, batch_size: int, min_seconds: float, short: str,
-                       progress: bool = True) -> dict:
-    """Stream every manifest row into `writer` (a ShardWriter): decode audio and compute
-    log-mels batch by batch, or, for precomputed HW4 features, load and check them.
-    Memory holds one batch plus one shard, whatever the number of utterances."""
+def shard_blocks(n_rows: int, shard_size: int) -> list[range]:
+    """Manifest rows of each shard block (block k: rows k*shard_size .. (k+1)*shard_size)."""
+    return [range(a, min(a + shard_size, n_rows)) for a in range(0, n_rows, shard_size)]
+
+
+@dataclass(frozen=True)
+class BlockJob:
+    """Everything a worker needs to write the shards of blocks of the manifest."""
+    manifest_path: str
+    meta: dict
+    extractor: dict  # LogMelExtractor.config()
+    folder: str
+    shard_meta: dict
+    dtype: str
+    batch_size: int
+    min_seconds: float
+    short: str
+
+
+def write_block(job: BlockJob, block: int, rows) -> dict:
+    """Features of one block's rows (decode + resample + log-mel, or load precomputed
+    HW4 tensors) written as that block's shards. Returns the block's counts."""
+    from spkid.manifest import resolve
+    from spkid.shards import ShardWriter
+
+    extractor = LogMelExtractor(**{k: job.extractor[k] for k in (
+        "sample_rate", "n_mels", "n_fft", "hop_length", "f_min", "f_max")})
+    writer = ShardWriter(job.folder, block, job.shard_meta, job.dtype)
+    stats = {"utterances": 0, "padded": 0, "skipped_short": 0}
+    min_samples = int(round(job.min_seconds * extractor.sample_rate))
+    feats: dict[int, np.ndarray] = {}
+    if job.meta.get("format") == "hw4":
+        from spkid.sources.hw4 import load_hw4_features
+        for k, r in enumerate(rows):
+            feats[k] = load_hw4_features(resolve(job.manifest_path, r), r.num_frames,
+                                         extractor.n_mels)
+    else:
+        # Similar lengths batched together waste little on padding; each utterance's
+        # features do not depend on its batch, so the order is free.
+        order = sorted(range(len(rows)), key=lambda k: rows[k].duration or 0.0)
+        for a in range(0, len(order), job.batch_size):
+            waves, kept = [], []
+            for k in order[a:a + job.batch_size]:
+                wave = read_audio(resolve(job.manifest_path, rows[k]), extractor.sample_rate)
+                if len(wave) < min_samples:
+                    if job.short == "skip":
+                        stats["skipped_short"] += 1
+                        continue
+                    wave = pad_to_min_length(wave, min_samples)
+                    stats["padded"] += 1
+                waves.append(wave)
+                kept.append(k)
+            if waves:
+                feats.update(zip(kept, extractor(waves)))
+    for k, r in enumerate(rows):
+        if k in feats:
+            writer.add(r.utterance_id, r.speaker, r.role, feats.pop(k))
+            stats["utterances"] += 1
+    writer.flush()
+    return {**stats, "frames": writer.frames, "shards": writer.parts}
+
+
+def _run_block(args) -> dict:
+    job, block, rows = args
+    return write_block(job, block, rows)
+
+
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def manifest_to_shards(rows, job: BlockJob, *, shard_size: int, workers: int = 1,
+                       rank: int = 0, world: int = 1, progress: bool = True) -> dict:
+    """Write the shards of every block this rank owns (blocks rank, rank + world, ...),
+    `workers` blocks at a time in worker processes. Each process computes with one thread,
+    so the bytes written do not depend on how the work was spread. Memory per worker: one
+    block's features plus one batch of audio."""
     from tqdm import tqdm
 
-    from spkid.manifest import resolve
-
-    precomputed = meta.get("format") == "hw4"
-    if precomputed and meta.get("n_mels") != extractor.n_mels:
+    precomputed = job.meta.get("format") == "hw4"
+    if precomputed and job.meta.get("n_mels") != job.extractor["n_mels"]:
         from spkid.errors import DataError
-        raise DataError(f"{manifest_path}: the data set has {meta.get('n_mels')} mels but "
-                        f"features.n_mels is {extractor.n_mels}")
-    min_samples = int(round(min_seconds * extractor.sample_rate))
-    stats = {"utterances": 0, "padded": 0, "skipped_short": 0}
-    bar = tqdm(total=len(rows), desc="features", unit="utt", disable=not progress)
+        raise DataError(f"{job.manifest_path}: the data set has {job.meta.get('n_mels')} mels "
+                        f"but features.n_mels is {job.extractor['n_mels']}")
+    mine = [(job, k, [rows[i] for i in r])
+            for k, r in enumerate(shard_blocks(len(rows), shard_size)) if k % world == rank]
+    totals = {"utterances": 0, "padded": 0, "skipped_short": 0, "frames": 0, "shards": 0}
+    bar = tqdm(total=sum(len(m[2]) for m in mine), desc="features", unit="utt",
+               disable=not progress)
+    workers = max(1, min(workers, len(mine)))
     try:
-        for start in range(0, len(rows), batch_size):
-            batch = rows[start:start + batch_size]
-            if precomputed:
-                from spkid.sources.hw4 import load_hw4_features
-                feats = [load_hw4_features(resolve(manifest_path, r), r.num_frames, extractor.n_mels)
-                         for r in batch]
-            else:
-                waves, kept = [], []
-                for r in batch:
-                    wave = read_audio(resolve(manifest_path, r), extractor.sample_rate)
-                    if len(wave) < min_samples:
-                        if short == "skip":
-                            stats["skipped_short"] += 1
-                            continue
-                        wave = pad_to_min_length(wave, min_samples)
-                        stats["padded"] += 1
-                    waves.append(wave)
-                    kept.append(r)
-                batch, feats = kept, (extractor(waves) if waves else [])
-            for r, f in zip(batch, feats):
-                writer.add(r.utterance_id, r.speaker, r.role, f)
-                stats["utterances"] += 1
-            bar.update(len(rows[start:start + batch_size]))
+        if workers == 1:
+            threads = torch.get_num_threads()
+            _one_thread()
+            try:
+                results = (_run_block(m) for m in mine)
+                for m, stats in zip(mine, results):
+                    _add(totals, stats)
+                    bar.update(len(m[2]))
+            finally:
+                torch.set_num_threads(threads)
+        else:
+            import multiprocessing
+            # forkserver: workers start from a clean process, not a fork of one whose
+            # OpenMP threads may already be running (a forked OpenMP runtime can hang).
+            ctx = multiprocessing.get_context("forkserver")
+            ctx.set_forkserver_preload(["spkid.features"])
+            with ctx.Pool(workers, initializer=_one_thread) as pool:
+                for m, stats in zip(mine, pool.imap(_run_block, mine)):
+                    _add(totals, stats)
+                    bar.update(len(m[2]))
     finally:
         bar.close()  # so an error message starts on a line of its own
-    writer.flush()
-    return stats
+    return totals
+
+
+def _add(totals: dict, stats: dict) -> None:
+    for key, value in stats.items():
+        totals[key] += value

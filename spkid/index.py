@@ -9,8 +9,10 @@ same-speaker val and test trials. Segments (the training crops) never cross a vi
 Files (Parquet)
     views:    utterance_id, source_id, speaker, role, start_frame, num_frames, speaker_id
               (speaker_id: position in speakers.json, -1 for submit)
-    segments: utterance_id (a train view), source_id, speaker_id, start_frame, num_frames,
-              jitter (a crop starts uniformly in [start_frame, start_frame + jitter])
+    segments: one row per train view: utterance_id (the view), source_id, speaker_id,
+              start_frame (the view's), num_frames (crop length), view_frames (the view's
+              length), hop, windows: crop window k starts at start_frame + k * hop, and a
+              crop drawn from it starts anywhere up to the next window
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ VIEW_SCHEMA = pa.schema([
 ])
 SEGMENT_SCHEMA = pa.schema([
     ("utterance_id", pa.string()), ("source_id", pa.string()), ("speaker_id", pa.int32()),
-    ("start_frame", pa.int64()), ("num_frames", pa.int64()), ("jitter", pa.int64()),
+    ("start_frame", pa.int64()), ("num_frames", pa.int64()), ("view_frames", pa.int64()),
+    ("hop", pa.int64()), ("windows", pa.int64()),
 ])
 
 
@@ -150,9 +153,9 @@ def label_views(views: list[dict], speakers: list[str]) -> list[dict]:
 
 
 def segment_index(views: list[dict], speakers: list[str], segment_len: int) -> list[dict]:
-    """Training crops: a window every half segment inside each train view, each free to
-    start anywhere up to the next window (so every valid crop can be drawn), and one
-    shorter crop for a view shorter than a window."""
+    """Training crops of each train view: a window every half segment, each crop free to
+    start anywhere up to the next window (so every valid crop can be drawn); a view
+    shorter than a segment gives one shorter crop."""
     ids = {s: i for i, s in enumerate(speakers)}
     hop = max(1, segment_len // 2)
     out = []
@@ -160,12 +163,20 @@ def segment_index(views: list[dict], speakers: list[str], segment_len: int) -> l
         if v["role"] != "train" or v["num_frames"] <= 0:
             continue
         length = min(segment_len, v["num_frames"])
-        last = v["num_frames"] - length
-        for offset in range(0, last + 1, hop):
-            out.append({"utterance_id": v["utterance_id"], "source_id": v["source_id"],
-                        "speaker_id": ids[v["speaker"]], "start_frame": v["start_frame"] + offset,
-                        "num_frames": length, "jitter": min(hop - 1, last - offset)})
+        out.append({"utterance_id": v["utterance_id"], "source_id": v["source_id"],
+                    "speaker_id": ids[v["speaker"]], "start_frame": v["start_frame"],
+                    "num_frames": length, "view_frames": v["num_frames"], "hop": hop,
+                    "windows": (v["num_frames"] - length) // hop + 1})
     return out
+
+
+def crop_windows(segment: dict) -> list[tuple[int, int]]:
+    """(first start, jitter) of each crop window of a segment row: a crop drawn from a
+    window starts anywhere in [first start, first start + jitter]. (SegmentBatches draws
+    from the same windows without listing them.)"""
+    hop, last = segment["hop"], segment["view_frames"] - segment["num_frames"]
+    return [(segment["start_frame"] + k * hop, min(hop - 1, last - k * hop))
+            for k in range(segment["windows"])]
 
 
 def to_table(rows: list[dict], schema: pa.Schema) -> pa.Table:

@@ -74,6 +74,10 @@ SCHEMA: dict[str, Any] = {
                     nullable=True, above=0),
         "shard_size": _f("int", 512, "utterances per Parquet shard", min=1),
         "batch_size": _f("int", 32, "utterances per feature computation batch", min=1),
+        "dtype": _f("str", "float32", "precision of the stored log-mels (float16 halves disk "
+                    "and memory)", choices=("float32", "float16")),
+        "workers": _f("int", 0, "feature processes on this machine (0 = one per CPU core)",
+                      min=0),
     },
     "index": {
         "segment_len": _f("int", 64, "training segment length (frames)", min=8),
@@ -125,6 +129,10 @@ SCHEMA: dict[str, Any] = {
         "device": _f("str", "auto", "auto uses CUDA when present", choices=("auto", "cpu", "cuda")),
         "num_workers": _f("int", 0, "batch-assembly worker processes", min=0),
         "valid_every": _f("int", 200, "validate every N steps (and at the end)", min=1),
+        "valid_utterances": _f("int", 500, "val utterances scored at each validation, a seeded "
+                               "subset (0 = all)", min=0),
+        "valid_max_frames": _f("int", 300, "frames of each val utterance scored during training, "
+                               "from its middle (0 = whole)", min=0),
         "clip_grad": _f("float", 5.0, "clip the gradient norm to this (0 = off)", min=0),
         "checkpoint_every": _f("int", 100, "save a resumable checkpoint every N steps", min=1),
         "compile": _f("bool", False, "torch.compile the model (CUDA only; ignored on CPU)"),

@@ -3,8 +3,8 @@ validation accuracy on full utterances, best checkpoint kept."""
 
 from __future__ import annotations
 
-import contextlib
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -12,26 +12,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from spkid.batching import pad_views, view_batches
+from spkid.batching import view_batches
+from spkid.device import autocast
 from spkid.shards import FeatureStore
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        from spkid.errors import ParamsError
-        raise ParamsError("params: train.device = 'cuda' but no CUDA device is available "
-                          "(allowed: auto, cpu, cuda)")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
-
-
-def autocast(device: torch.device):
-    """bf16 autocast where the GPU supports it, fp16 otherwise; full fp32 on CPU."""
-    if device.type != "cuda":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
 
 
 def warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
@@ -43,28 +26,53 @@ def warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
     return factor
 
 
+@dataclass
+class ViewOutputs:
+    """What scoring needs of each view, O(views) whatever the number of classes."""
+    embeddings: np.ndarray  # (N, embedding_dim)
+    predicted: np.ndarray  # (N,) class with the highest logit
+    true_rank: np.ndarray | None  # (N,) classes scored strictly above the true one
+
+
 @torch.no_grad()
-def embed_views(model, store: FeatureStore, views, batch_frames: int,
-                device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """Embeddings and closed-set logits of whole views (no cropping), batched by length
-    with padding masks. Returns arrays in the order of `views`."""
+def embed_views(model, store: FeatureStore, views, batch_frames: int, device: torch.device,
+                *, labels=None, max_frames: int = 0) -> ViewOutputs:
+    """Embeddings and closed-set predictions of whole views (or their middle `max_frames`
+    frames), batched by length with padding masks, in the order of `views`."""
     was_training = model.training
     model.eval()
-    pos = store.position()
-    src = np.array([pos[s] for s in views["source_id"]], dtype=np.int64)
+    pos = store.positions(views["source_id"])
     starts = np.asarray(views["start_frame"], np.int64)
     lengths = np.asarray(views["num_frames"], np.int64)
-    embs, logits = [None] * len(lengths), [None] * len(lengths)
+    if max_frames:
+        starts = starts + np.maximum(0, lengths - max_frames) // 2
+        lengths = np.minimum(lengths, max_frames)
+    n = len(lengths)
+    out = ViewOutputs(np.zeros((n, model.embedding_dim), np.float32), np.zeros(n, np.int64),
+                      None if labels is None else np.zeros(n, np.int64))
     for batch in view_batches(lengths, batch_frames):
-        x, mask = pad_views(store, src[batch], starts[batch], lengths[batch])
+        batch = np.asarray(batch, np.int64)
+        x, mask = store.crops(pos[batch], starts[batch], lengths[batch])
         with autocast(device):
-            e, z = model(x.to(device), mask.to(device))
-        for k, i in enumerate(batch):
-            embs[i], logits[i] = e[k].float().cpu().numpy(), z[k].float().cpu().numpy()
+            e, z = model(torch.from_numpy(x).to(device), torch.from_numpy(mask).to(device))
+        z = z.float()
+        out.embeddings[batch] = e.float().cpu().numpy()
+        out.predicted[batch] = z.argmax(1).cpu().numpy()
+        if labels is not None:
+            y = torch.as_tensor(np.asarray(labels, np.int64)[batch], device=z.device)
+            true = z.gather(1, y[:, None])
+            out.true_rank[batch] = (z > true).sum(1).cpu().numpy()
     model.train(was_training)
-    if not embs:
-        return np.zeros((0, model.embedding_dim), np.float32), np.zeros((0, 0), np.float32)
-    return np.stack(embs), np.stack(logits)
+    return out
+
+
+def subset_views(views: dict, count: int, seed: int) -> dict:
+    """A seeded subset of `count` views (all when count is 0 or not smaller), in order."""
+    n = len(views["source_id"])
+    if not count or count >= n:
+        return views
+    keep = np.sort(np.random.default_rng([seed, n]).choice(n, count, replace=False))
+    return {k: [v[i] for i in keep] for k, v in views.items()}
 
 
 @dataclass
@@ -78,6 +86,8 @@ class TrainResult:
     final_train_accuracy: float = float("nan")
     window: list = field(default_factory=lambda: [0.0, 0.0, 0])  # loss sum, accuracy sum, steps
     history: list[dict] = field(default_factory=list)
+    # Wall time, for the summary line only: never in a checkpoint, so those stay reproducible.
+    validation_seconds: float = 0.0
 
 
 def train(model, batches, val_views, store: FeatureStore, t, *, device: torch.device,
@@ -119,6 +129,8 @@ def train(model, batches, val_views, store: FeatureStore, t, *, device: torch.de
         # Its own generator: creating the iterator must not draw from the global RNG that
         # dropout and augmentation use, or a resumed run would drift from an uninterrupted one.
         generator=torch.Generator().manual_seed(t.seed))
+    # Validation during training scores a bounded sample; `evaluate` scores every view.
+    val_views = subset_views(val_views, t.valid_utterances, t.seed)
     val_labels = np.asarray(val_views["speaker_id"], np.int64) if len(val_views["speaker_id"]) else None
 
     bar = tqdm(total=t.steps, initial=state.step, desc="train", unit="step",
@@ -146,8 +158,10 @@ def train(model, batches, val_views, store: FeatureStore, t, *, device: torch.de
         state.step = step
         bar.update(1)
         if rank == 0 and (step % t.valid_every == 0 or step == t.steps):
-            _validate(model, state, store, val_views, val_labels, batch_frames, device,
-                      optimizer, save_best, log)
+            started = time.perf_counter()
+            _validate(model, state, store, val_views, val_labels, batch_frames,
+                      t.valid_max_frames, device, optimizer, save_best, log)
+            state.validation_seconds += time.perf_counter() - started
             bar.set_postfix(loss=f"{state.final_train_loss:.3f}",
                             val=f"{state.history[-1].get('val/accuracy', float('nan')):.3f}")
         if rank == 0 and (step % t.checkpoint_every == 0 or step == t.steps):
@@ -158,15 +172,32 @@ def train(model, batches, val_views, store: FeatureStore, t, *, device: torch.de
     return state
 
 
-def _validate(model, state: TrainResult, store, val_views, val_labels, batch_frames, device,
-              optimizer, save_best, log) -> None:
+def trim_curves(folder, step: int) -> None:
+    """Drop the rows after `step` from dvclive's per-metric TSV curves under `folder`, so a
+    run resumed from the checkpoint of `step` logs each step once."""
+    from pathlib import Path
+
+    from spkid.atomic import write_text
+    for path in Path(folder).rglob("*.tsv"):
+        lines = path.read_text().splitlines()
+        if not lines or "step" not in lines[0].split("\t"):
+            continue
+        col = lines[0].split("\t").index("step")
+        kept = [line for line in lines[1:] if int(line.split("\t")[col]) <= step]
+        if len(kept) < len(lines) - 1:
+            write_text(path, "\n".join([lines[0], *kept]) + "\n")
+
+
+def _validate(model, state: TrainResult, store, val_views, val_labels, batch_frames, max_frames,
+              device, optimizer, save_best, log) -> None:
     loss_sum, acc_sum, n = state.window
     state.window = [0.0, 0.0, 0]
     metrics = {"train/loss": float(loss_sum) / n, "train/accuracy": float(acc_sum) / n,
                "lr": optimizer.param_groups[0]["lr"]}
     if val_labels is not None:
-        _, val_logits = embed_views(model, store, val_views, batch_frames, device)
-        metrics["val/accuracy"] = float((val_logits.argmax(1) == val_labels).mean())
+        scored = embed_views(model, store, val_views, batch_frames, device,
+                             max_frames=max_frames)
+        metrics["val/accuracy"] = float((scored.predicted == val_labels).mean())
     log(metrics, state.step)
     state.history.append({"step": state.step, **metrics})
     state.final_train_loss, state.final_train_accuracy = metrics["train/loss"], metrics["train/accuracy"]
@@ -178,8 +209,8 @@ def _validate(model, state: TrainResult, store, val_views, val_labels, batch_fra
 
 
 def _snapshot(model, optimizer, schedule, scaler, state: TrainResult, device) -> dict:
-    progress = {**state.__dict__, "window": [float(state.window[0]), float(state.window[1]),
-                                             int(state.window[2])]}
+    progress = {k: v for k, v in state.__dict__.items() if k != "validation_seconds"}
+    progress["window"] = [float(state.window[0]), float(state.window[1]), int(state.window[2])]
     return {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
             "scaler": scaler.state_dict(), "rng_cpu": torch.get_rng_state(),

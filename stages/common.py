@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from pathlib import Path
 
 import typer
 
 from spkid.errors import SpkidError
+from spkid.lock import StageLock
+from stages.layout import STAGE_LOCK
 
 ParamsOption = typer.Option(Path("params.yaml"), "--params", help="params file to read")
 
@@ -22,6 +25,18 @@ def one_line_errors(fn):
         except SpkidError as exc:
             print(f"spkid: error: {exc}", file=sys.stderr)
             raise typer.Exit(2) from None
+    return wrapper
+
+
+def exclusive(fn):
+    """Run a stage command holding the repository's stage lock (rank 0 alone under torchrun:
+    the other ranks are the same command)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if os.environ.get("RANK", "0") != "0":
+            return fn(*args, **kwargs)
+        with StageLock(STAGE_LOCK, f"spkid {fn.__name__}"):
+            return fn(*args, **kwargs)
     return wrapper
 
 

@@ -34,7 +34,7 @@ from spkid.errors import DataError
 from spkid.manifest import write_manifest
 from spkid.params import load_params
 from spkid.sources.verify import scan_verification
-from stages.common import ParamsOption, one_line_errors, summary
+from stages.common import ParamsOption, exclusive, one_line_errors, summary
 from stages.layout import DOWNLOADS, MANIFEST, RAW, SOURCE_STAMP, VERIFY
 
 app = typer.Typer(add_completion=False)
@@ -211,6 +211,7 @@ def _same(new: Path, old: Path, is_dir: bool) -> bool:
 
 @app.command()
 @one_line_errors
+@exclusive
 def download(params: Path = ParamsOption):
     """Generate or fetch the corpus and write its manifest."""
     started = time.perf_counter()

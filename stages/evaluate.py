@@ -20,10 +20,11 @@ from spkid.index import read_views
 from spkid.evaluation import embed_audio_files, extractor_for_model, score_role, score_trials
 from spkid.manifest import read_manifest
 from spkid.params import load_params
-from spkid.shards import load_features
+from spkid.shards import open_features
 from spkid.sources.verify import verification_trials
-from spkid.training import embed_views, pick_device
-from stages.common import ParamsOption, one_line_errors, summary
+from spkid.device import pick_device
+from spkid.training import embed_views
+from stages.common import ParamsOption, exclusive, one_line_errors, summary
 from stages.layout import DET_DIR, EVAL_METRICS, FEATURES, MODEL, VERIFY, VIEWS
 
 app = typer.Typer(add_completion=False)
@@ -32,6 +33,7 @@ ROLES = ("val", "test")
 
 @app.command()
 @one_line_errors
+@exclusive
 def evaluate(params: Path = ParamsOption):
     """Score val and test; write metrics/eval.json and the DET curve."""
     started = time.perf_counter()
@@ -39,12 +41,13 @@ def evaluate(params: Path = ParamsOption):
     device = pick_device(p.train.device)
     model, config = load_model_dir(MODEL, device)
     views = read_views(VIEWS, ROLES)
-    store = load_features(FEATURES, keep={s for v in views.values() for s in v["source_id"]})
+    store = open_features(FEATURES)
     report = {}
     for role, part in views.items():
-        emb, logits = embed_views(model, store, part, p.evaluate.batch_frames, device)
+        scored = embed_views(model, store, part, p.evaluate.batch_frames, device,
+                             labels=part["speaker_id"])
         report[role], curve = score_role(
-            emb, logits, np.asarray(part["speaker_id"]), seed=p.evaluate.seed,
+            scored.embeddings, scored.true_rank, np.asarray(part["speaker_id"]), seed=p.evaluate.seed,
             nontarget_ratio=p.evaluate.nontarget_ratio, max_trials=p.evaluate.max_trials)
         _write_det(role, curve)
     verify = _verify(p, model, config, device)
@@ -54,7 +57,7 @@ def evaluate(params: Path = ParamsOption):
     else:
         (DET_DIR / "verify.json").unlink(missing_ok=True)
     write_json(EVAL_METRICS, report)
-    text = "; ".join(f"{r}: top1 {report[r]['accuracy_top1']:.3f}, EER {_pct(report[r]['eer'])}"
+    text = "; ".join(f"{r}: top1 {_num(report[r]['accuracy_top1'])}, EER {_pct(report[r]['eer'])}"
                      for r in ROLES)
     if verify is not None:
         v = report["verify"]
@@ -93,6 +96,10 @@ def _verify(p, model, config: dict, device) -> tuple[dict, dict | None] | None:
     if speakers:
         result["speakers"] = len(speakers)
     return result, curve
+
+
+def _num(x) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
 
 
 def _pct(x) -> str:

@@ -11,11 +11,12 @@ import typer
 from spkid.atomic import atomic_dir
 from spkid.checkpoint import load_model_dir, save_model_dir
 from spkid.index import read_views
-from spkid.export import predicted_speakers, provenance, write_submission
+from spkid.export import provenance, write_submission
 from spkid.params import load_params
-from spkid.shards import load_features
-from spkid.training import embed_views, pick_device
-from stages.common import ParamsOption, one_line_errors, summary
+from spkid.shards import open_features
+from spkid.device import pick_device
+from spkid.training import embed_views
+from stages.common import ParamsOption, exclusive, one_line_errors, summary
 from stages.layout import EVAL_METRICS, EXPORT, EXPORT_MODEL, FEATURES, MODEL, SUBMISSION, VIEWS
 
 app = typer.Typer(add_completion=False)
@@ -23,6 +24,7 @@ app = typer.Typer(add_completion=False)
 
 @app.command()
 @one_line_errors
+@exclusive
 def export(params: Path = ParamsOption):
     """Predict the submit utterances and package the model with its threshold."""
     started = time.perf_counter()
@@ -30,9 +32,9 @@ def export(params: Path = ParamsOption):
     device = pick_device(p.train.device)
     model, config = load_model_dir(MODEL, device)
     submit = read_views(VIEWS, ["submit"])["submit"]
-    store = load_features(FEATURES, keep=set(submit["source_id"]))
-    _, logits = embed_views(model, store, submit, p.evaluate.batch_frames, device)
-    predicted = predicted_speakers(logits, config["speakers"])
+    store = open_features(FEATURES)
+    scored = embed_views(model, store, submit, p.evaluate.batch_frames, device)
+    predicted = [config["speakers"][k] for k in scored.predicted]
     scores = json.loads(EVAL_METRICS.read_text())
     # The val split chose the model, so its EER threshold is the operating point we ship.
     threshold = next((scores[r]["eer_threshold"] for r in ("val", "test")

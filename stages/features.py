@@ -1,18 +1,24 @@
-"""features: manifest -> log-mel Parquet shards (data/features/shard-*.parquet + summary.json)."""
+"""features: manifest -> log-mel Parquet shards (data/features/shard-*.parquet + summary.json).
+
+`features.workers` processes share the work on one machine; under `torchrun` each rank
+(on any machine sharing the repository's file system) writes the shards of its own blocks
+of the manifest, and the result is byte for byte what one process writes."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from pathlib import Path
 
 import typer
 
+from spkid import distributed
 from spkid.atomic import atomic_dir, write_json
-from spkid.features import LogMelExtractor, manifest_to_shards
+from spkid.features import BlockJob, LogMelExtractor, manifest_to_shards
 from spkid.manifest import read_manifest
 from spkid.params import load_params
-from spkid.shards import ShardWriter
-from stages.common import ParamsOption, one_line_errors, summary
+from stages.common import ParamsOption, exclusive, one_line_errors, summary
 from stages.layout import FEATURES, MANIFEST
 
 app = typer.Typer(add_completion=False)
@@ -20,27 +26,32 @@ app = typer.Typer(add_completion=False)
 
 @app.command()
 @one_line_errors
+@exclusive
 def features(params: Path = ParamsOption):
     """Compute log-mel features (or check precomputed ones) into Parquet shards."""
     started = time.perf_counter()
     p = load_params(params)
+    rank, world, _ = distributed.start("cpu")
     rows, meta = read_manifest(MANIFEST)
     extractor = LogMelExtractor.from_params(p.features)
     precomputed = meta.get("format") == "hw4"
-    shard_meta = {"features": extractor.config(), "precomputed": precomputed, "source": meta}
-    with atomic_dir(FEATURES) as tmp:
-        writer = ShardWriter(tmp, p.features.shard_size, shard_meta)
-        stats = manifest_to_shards(rows, MANIFEST, meta, extractor, writer,
-                                   batch_size=p.features.batch_size,
-                                   min_seconds=p.data.min_seconds, short=p.data.short)
-        write_json(tmp / "summary.json", {
-            **stats, "shards": writer.shards, "frames": writer.frames,
-            "hours": writer.frames * extractor.hop_length / extractor.sample_rate / 3600,
-            **shard_meta})
-    summary("features", f"{stats['utterances']} utterances, {writer.frames} frames in "
-            f"{writer.shards} shards (short: {stats['skipped_short']} skipped, "
-            f"{stats['padded']} padded)", time.perf_counter() - started)
-
-
-if __name__ == "__main__":
-    app()
+    shard_meta = {"features": extractor.config(), "precomputed": precomputed,
+                  "dtype": p.features.dtype, "source": meta}
+    workers = p.features.workers or os.cpu_count() or 1
+    with (atomic_dir(FEATURES) if rank == 0 else contextlib.nullcontext()) as tmp:
+        folder = distributed.broadcast(str(tmp), world)
+        job = BlockJob(str(MANIFEST), meta, extractor.config(), folder, shard_meta,
+                       p.features.dtype, p.features.batch_size, p.data.min_seconds, p.data.short)
+        mine = manifest_to_shards(rows, job, shard_size=p.features.shard_size, workers=workers,
+                                  rank=rank, world=world, progress=rank == 0)
+        stats = {k: sum(s[k] for s in distributed.gather(mine, world)) for k in mine}
+        if rank == 0:
+            write_json(Path(folder) / "summary.json", {
+                **stats, "hours": stats["frames"] * extractor.hop_length / extractor.sample_rate / 3600,
+                **shard_meta})
+        distributed.finish(world)  # every rank's shards are written before the rename
+    if rank == 0:
+        summary("features", f"{stats['utterances']} utterances, {stats['frames']} frames in "
+                f"{stats['shards']} shards ({p.features.dtype}; short: {stats['skipped_short']} "
+                f"skipped, {stats['padded']} padded; {min(workers, stats['shards']) or 1} "
+                f"workers x {world} ranks)", time.perf_counter() - started)

@@ -14,7 +14,7 @@ from spkid.index import (SEGMENT_SCHEMA, VIEW_SCHEMA, SplitConfig, label_views, 
                          speaker_table, split_views, to_table)
 from spkid.params import load_params
 from spkid.shards import read_catalog, read_meta
-from stages.common import ParamsOption, one_line_errors, summary
+from stages.common import ParamsOption, exclusive, one_line_errors, summary
 from stages.layout import FEATURES, INDEX, SEGMENTS, SPEAKERS, VIEWS
 
 app = typer.Typer(add_completion=False)
@@ -22,6 +22,7 @@ app = typer.Typer(add_completion=False)
 
 @app.command()
 @one_line_errors
+@exclusive
 def index(params: Path = ParamsOption):
     """Write the split (utterances.parquet), segments.parquet and speakers.json."""
     started = time.perf_counter()
@@ -40,7 +41,7 @@ def index(params: Path = ParamsOption):
     roles = Counter(v["role"] for v in views)
     summary("index", f"{len(speakers)} speakers; " + ", ".join(
         f"{r} {roles.get(r, 0)}" for r in ("train", "val", "test", "submit"))
-        + f"; {len(segments)} segments", time.perf_counter() - started)
+        + f"; {sum(s['windows'] for s in segments)} crop windows", time.perf_counter() - started)
 
 
 if __name__ == "__main__":

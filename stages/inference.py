@@ -20,7 +20,7 @@ from spkid.checkpoint import load_model_dir
 from spkid.errors import DataError
 from spkid.evaluation import embed_audio_files, extractor_for_model
 from spkid.sources.audio_dir import find_audio
-from spkid.training import pick_device
+from spkid.device import pick_device
 from stages.common import one_line_errors
 from stages.layout import EXPORT_MODEL
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -19,18 +18,20 @@ import pyarrow.parquet as pq
 import torch
 import typer
 
+from spkid import distributed
 from spkid.atomic import atomic_dir, write_json
 from spkid.augment import NoiseAugment, SpecAugment, load_noise
 from spkid.batching import SegmentBatches
-from spkid.checkpoint import WEIGHTS, build_model, model_config, save_model_dir, save_torch
+from spkid.checkpoint import (WEIGHTS, build_model, model_config, resumable, save_model_dir,
+                              save_torch)
 from spkid.errors import DataError
 from spkid.features import LogMelExtractor
 from spkid.index import read_views
 from spkid.losses import margin_schedule
 from spkid.params import load_params
-from spkid.shards import load_features, read_meta
-from spkid.training import pick_device, train as fit
-from stages.common import ParamsOption, one_line_errors, summary
+from spkid.shards import open_features, read_meta
+from spkid.training import train as fit, trim_curves
+from stages.common import ParamsOption, exclusive, one_line_errors, summary
 from stages.layout import (CHECKPOINTS, FEATURES, MODEL, SEGMENTS, SPEAKERS, TRAIN_LIVE,
                            TRAIN_METRICS, VIEWS)
 
@@ -45,20 +46,6 @@ def _fingerprint(p) -> str:
     for f in (SEGMENTS, SPEAKERS, VIEWS):
         h.update(f.read_bytes())
     return h.hexdigest()
-
-
-def _resumable(fingerprint: str) -> dict | None:
-    if not LAST.exists():
-        return None
-    try:
-        snapshot = torch.load(LAST, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        print(f"[train] ignoring unreadable checkpoint {LAST} ({str(exc).splitlines()[0]})")
-        return None
-    if snapshot.get("fingerprint") != fingerprint or not BEST.exists():
-        print(f"[train] {LAST} is from other params or data: starting afresh")
-        return None
-    return snapshot
 
 
 def _augmenter(p, device):
@@ -79,32 +66,20 @@ def _augmenter(p, device):
     return augment
 
 
-def _distributed(requested: str) -> tuple[int, int, torch.device]:
-    """(rank, world size, device) from torchrun's environment; (0, 1, device) otherwise."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return 0, 1, pick_device(requested)
-    device = pick_device(requested)
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return torch.distributed.get_rank(), world, device
-
-
 @app.command()
 @one_line_errors
+@exclusive
 def train(params: Path = ParamsOption):
     """Train and write data/model/ and metrics/train.json."""
     started = time.perf_counter()
     p = load_params(params)
-    rank, world, device = _distributed(p.train.device)
+    rank, world, device = distributed.start(p.train.device)
     speakers = json.loads(SPEAKERS.read_text())["speakers"]
     val = read_views(VIEWS, ["val"])["val"]
-    segments = pq.read_table(SEGMENTS).to_pydict()
-    store = load_features(FEATURES, keep=set(segments["source_id"]) | set(val["source_id"]))
+    segments = pq.read_table(SEGMENTS)
+    store = open_features(FEATURES)
     feature_meta = read_meta(FEATURES)
-    config = model_config(p, store.frames.shape[1], speakers,
+    config = model_config(p, store.n_mels, speakers,
                           {**feature_meta["features"], "precomputed": feature_meta["precomputed"]})
 
     torch.manual_seed(p.train.seed)
@@ -114,7 +89,9 @@ def train(params: Path = ParamsOption):
     batches = SegmentBatches(store, segments, p.train.batch_size, p.train.seed, p.train.steps,
                              rank=rank, world=world)
     fingerprint = _fingerprint(p)
-    resume = _resumable(fingerprint)
+    resume, why = resumable(LAST, BEST, fingerprint)
+    if why and rank == 0:
+        print(f"[train] {why}", flush=True)
     if rank == 0 and resume is None:
         shutil.rmtree(CHECKPOINTS, ignore_errors=True)
         shutil.rmtree(TRAIN_LIVE, ignore_errors=True)
@@ -122,7 +99,10 @@ def train(params: Path = ParamsOption):
     if resume is not None:
         print(f"[train] resuming from step {resume['progress']['step']} of {LAST}", flush=True)
     if world > 1:
-        print(f"[train] rank {rank} of {world} on {device}: {len(batches.base)} segments", flush=True)
+        print(f"[train] rank {rank} of {world} on {device}: {batches.count} crop windows", flush=True)
+    if rank == 0 and resume is not None:
+        # Validations logged after this checkpoint will be logged again: drop them.
+        trim_curves(TRAIN_LIVE, resume["progress"]["step"])
     live = _live(resume is not None) if rank == 0 else None
 
     result = fit(model, batches, val, store, p.train, device=device,
@@ -131,9 +111,7 @@ def train(params: Path = ParamsOption):
                  resume=resume,
                  margin_at=margin_schedule(p.loss), augment=_augmenter(p, device),
                  log=lambda metrics, step: _log(live, metrics, step), rank=rank, world=world)
-    if world > 1:
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+    distributed.finish(world)
     if rank != 0:
         return
     live.end()
@@ -153,8 +131,8 @@ def train(params: Path = ParamsOption):
     LAST.unlink(missing_ok=True)
     BEST.unlink(missing_ok=True)
     summary("train", f"{result.step} steps on {device} x{world}, best val accuracy "
-            f"{result.best_val_accuracy:.3f} at step {result.best_step}",
-            time.perf_counter() - started)
+            f"{result.best_val_accuracy:.3f} at step {result.best_step}; validation took "
+            f"{result.validation_seconds:.1f} s", time.perf_counter() - started)
 
 
 def _live(resume: bool):

@@ -3,7 +3,8 @@ from collections import Counter, defaultdict
 import pytest
 
 from spkid.errors import DataError
-from spkid.index import SplitConfig, label_views, segment_index, speaker_table, split_views
+from spkid.index import (SplitConfig, crop_windows, label_views, segment_index, speaker_table,
+                         split_views)
 
 
 def catalog(speakers=5, per_speaker=10, frames=300, submit=4):
@@ -55,7 +56,8 @@ def test_time_split_cuts_recordings_without_overlap():
     speakers = speaker_table(views)
     segs = segment_index(label_views(views, speakers), speakers, segment_len=128)
     for s in segs:  # every crop, jitter included, stays inside the training part
-        assert s["start_frame"] >= 0 and s["start_frame"] + s["jitter"] + s["num_frames"] <= 600
+        for start, jitter in crop_windows(s):
+            assert start >= 0 and start + jitter + s["num_frames"] <= 600
 
 
 def test_segments_cover_views_and_short_views():
@@ -67,12 +69,13 @@ def test_segments_cover_views_and_short_views():
               "start_frame": 0, "num_frames": 500}]
     segs = segment_index(views, ["A", "B"], segment_len=128)
     v1 = [s for s in segs if s["utterance_id"] == "v1"]
-    assert [s["start_frame"] for s in v1] == [10, 74, 138]
-    reachable = {s["start_frame"] + j for s in v1 for j in range(s["jitter"] + 1)}
+    assert len(v1) == 1  # one row per view, whatever its length
+    assert [w for w, _ in crop_windows(v1[0])] == [10, 74, 138]
+    reachable = {w + j for w, jitter in crop_windows(v1[0]) for j in range(jitter + 1)}
     assert reachable == set(range(10, 10 + 300 - 128 + 1))  # every valid crop can be drawn
     assert [s for s in segs if s["utterance_id"] == "v2"] == [
         {"utterance_id": "v2", "source_id": "u2", "speaker_id": 1, "start_frame": 0,
-         "num_frames": 50, "jitter": 0}]
+         "num_frames": 50, "view_frames": 50, "hop": 64, "windows": 1}]
     assert not [s for s in segs if s["utterance_id"] == "v3"]
 
 

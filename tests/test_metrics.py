@@ -350,10 +350,20 @@ def test_score_role_without_same_speaker_pairs_reports_null_verification():
     rng = np.random.default_rng(0)
     speakers = np.arange(6)  # one utterance per speaker: no same-speaker trial exists
     logits = rng.normal(size=(6, 6))
-    report, det = score_role(rng.normal(size=(6, 8)).astype(np.float32), logits, speakers,
+    true_rank = (logits > logits[np.arange(6), speakers][:, None]).sum(1)
+    report, det = score_role(rng.normal(size=(6, 8)).astype(np.float32), true_rank, speakers,
                              seed=0, nontarget_ratio=4.0, max_trials=1000)
     assert det is None
     assert report["eer"] is None and report["min_dcf_p01"] is None
     # nontarget_ratio times zero, but sample_trials keeps one different-speaker pair
     assert report["target_trials"] == 0 and report["trials"] == 1
     assert report["accuracy_top1"] == float(np.mean(logits.argmax(1) == speakers))
+    assert report["accuracy_top5"] == top_k_accuracy(logits, speakers, 5)
+
+
+def test_score_role_of_an_empty_role_is_null_not_a_crash():
+    from spkid.evaluation import score_role
+    report, det = score_role(np.zeros((0, 8), np.float32), np.zeros(0, np.int64),
+                             np.zeros(0, np.int64), seed=0, nontarget_ratio=4.0, max_trials=1000)
+    assert det is None and report["utterances"] == 0
+    assert report["accuracy_top1"] is None and report["eer"] is None

@@ -3,7 +3,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from spkid.errors import DataError
-from spkid.shards import SCHEMA, ShardWriter, load_features, read_catalog, read_meta, shard_paths
+from spkid.shards import (ShardWriter, open_features, read_catalog, read_meta, schema,
+                          shard_paths)
 
 
 def make_items(n=7, mels=5, seed=0):
@@ -12,37 +13,95 @@ def make_items(n=7, mels=5, seed=0):
              rng.standard_normal((rng.integers(3, 12), mels)).astype(np.float32)) for i in range(n)]
 
 
-def test_round_trip_across_shards(tmp_path):
+def write_blocks(folder, items, block_size, dtype="float32", **kw):
+    for b in range(0, len(items), block_size):
+        w = ShardWriter(folder, b // block_size, {"features": {"n_mels": 5}}, dtype, **kw)
+        for uid, spk, role, f in items[b:b + block_size]:
+            w.add(uid, spk, role, f)
+        w.flush()
+
+
+def test_round_trip_across_shards_is_memory_mapped(tmp_path):
     items = make_items()
-    w = ShardWriter(tmp_path, shard_size=3, meta={"features": {"n_mels": 5}})
-    for uid, spk, role, f in items:
-        w.add(uid, spk, role, f)
-    w.flush()
-    assert w.shards == 3 and len(shard_paths(tmp_path)) == 3
-    assert pq.read_schema(shard_paths(tmp_path)[0]).remove_metadata() == SCHEMA
+    write_blocks(tmp_path, items, 3)
+    assert [p.name for p in shard_paths(tmp_path)] == [
+        "shard-00000-000.parquet", "shard-00001-000.parquet", "shard-00002-000.parquet"]
+    assert pq.read_schema(shard_paths(tmp_path)[0]).remove_metadata() == schema("float32")
     assert read_meta(tmp_path) == {"features": {"n_mels": 5}}
     cat = read_catalog(tmp_path).to_pylist()
     assert [(c["utterance_id"], c["speaker"], c["role"], c["num_frames"]) for c in cat] == \
         [(u, s, r, len(f)) for u, s, r, f in items]
-    store = load_features(tmp_path)
-    assert store.frames.flags["C_CONTIGUOUS"] and store.frames.dtype == np.float32
+    store = open_features(tmp_path)
+    assert all(isinstance(a, np.memmap) for a in store.arrays)  # frames are not read into RAM
     for i, (_, _, _, f) in enumerate(items):
         np.testing.assert_array_equal(store.matrix(i), f)
-    # A subset keeps only the asked-for utterances, in order.
-    part = load_features(tmp_path, keep={"u1", "u5"})
-    assert part.ids == ["u1", "u5"]
-    np.testing.assert_array_equal(part.matrix(1), items[5][3])
-    assert part.frames.shape[0] == len(items[1][3]) + len(items[5][3])
+    # The shards stay ordinary Parquet: any reader gets the same matrices.
+    table = pq.read_table(shard_paths(tmp_path)[1])
+    np.testing.assert_array_equal(np.asarray(table["features"][0].as_py(), np.float32),
+                                  items[3][3].reshape(-1))
+    np.testing.assert_array_equal(store.positions(["u5", "u1"]), [5, 1])
+    with pytest.raises(DataError, match="'nope'.*re-run the index"):
+        store.positions(["u1", "nope"])
+
+
+def test_crops_pad_and_mask(tmp_path):
+    items = make_items()
+    write_blocks(tmp_path, items, 4)
+    store = open_features(tmp_path)
+    x, mask = store.crops(np.array([2, 5]), np.array([1, 0]), np.array([2, 3]))
+    assert x.shape == (2, 3, 5) and x.dtype == np.float32
+    np.testing.assert_array_equal(x[0, :2], items[2][3][1:3])
+    np.testing.assert_array_equal(x[1], items[5][3][:3])
+    assert (x[0, 2] == 0).all() and mask.tolist() == [[True, True, False], [True, True, True]]
+
+
+def test_float16_halves_the_values_and_reads_back_as_float32(tmp_path):
+    items = make_items()
+    write_blocks(tmp_path / "a", items, 10, "float32")
+    write_blocks(tmp_path / "b", items, 10, "float16")
+    assert pq.read_schema(shard_paths(tmp_path / "b")[0]).field("features").type.value_type == "halffloat"
+    store = open_features(tmp_path / "b")
+    x, _ = store.crops(np.array([0]), np.array([0]), np.array([3]))
+    assert x.dtype == np.float32
+    np.testing.assert_allclose(x[0], items[0][3][:3], rtol=1e-3, atol=1e-3)
+    raw = sum(f.nbytes for *_, f in items)
+    grew = shard_paths(tmp_path / "a")[0].stat().st_size - shard_paths(tmp_path / "b")[0].stat().st_size
+    assert grew == pytest.approx(raw / 2, rel=0.05)
+
+
+def test_float16_overflow_is_refused_by_name(tmp_path):
+    w = ShardWriter(tmp_path, 0, {}, "float16")
+    with pytest.raises(DataError, match="u-big.*NaN or inf.*float16"):
+        w.add("u-big", "s", None, np.full((2, 5), 1e6, np.float32))
+
+
+def test_a_large_block_is_split_into_parts(tmp_path):
+    items = make_items(n=6)
+    write_blocks(tmp_path, items, 6, max_part_bytes=2 * 12 * 5 * 4)
+    names = [p.name for p in shard_paths(tmp_path)]
+    assert len(names) > 1 and all(n.startswith("shard-00000-") for n in names)
+    store = open_features(tmp_path)
+    for i, (_, _, _, f) in enumerate(items):
+        np.testing.assert_array_equal(store.matrix(i), f)
 
 
 def test_rejects_non_finite_and_bad_shapes(tmp_path):
-    w = ShardWriter(tmp_path, 10, {})
+    w = ShardWriter(tmp_path, 0, {})
     bad = np.ones((4, 5), np.float32)
     bad[2, 1] = np.nan
     with pytest.raises(DataError, match="u-nan.*NaN"):
         w.add("u-nan", "s", None, bad)
     with pytest.raises(DataError, match="u-empty"):
         w.add("u-empty", "s", None, np.zeros((0, 5), np.float32))
+
+
+def test_compressed_shards_from_an_older_spkid_are_refused_by_name(tmp_path):
+    items = make_items()
+    write_blocks(tmp_path, items, 10)
+    path = shard_paths(tmp_path)[0]
+    pq.write_table(pq.read_table(path), path, compression="zstd")
+    with pytest.raises(DataError, match=f"{path.name}.*zstd.*re-run the features stage"):
+        open_features(tmp_path)
 
 
 def test_missing_shards_named(tmp_path):
@@ -52,12 +111,12 @@ def test_missing_shards_named(tmp_path):
 
 def test_crash_leaves_no_partial_shard(tmp_path, monkeypatch):
     import spkid.shards as shards
-    w = ShardWriter(tmp_path, 2, {})
+    w = ShardWriter(tmp_path, 0, {})
     w.add("a", "s", None, np.ones((3, 2), np.float32))
 
     def explode(*a, **k):
         raise OSError("disk full")
     monkeypatch.setattr(shards.pq, "write_table", explode)
     with pytest.raises(OSError):
-        w.add("b", "s", None, np.ones((3, 2), np.float32))
+        w.flush()
     assert list(tmp_path.iterdir()) == []  # no shard, no temporary file

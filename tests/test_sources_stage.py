@@ -179,11 +179,11 @@ def test_hw4_download_and_features(project, tmp_path, capsys):
     assert "21 utterances" in out
     summary = json.loads((project / "data/features/summary.json").read_text())
     assert summary["precomputed"] is True and summary["utterances"] == 21
-    from spkid.shards import load_features, read_meta
+    from spkid.shards import open_features, read_meta
     assert read_meta(project / "data/features")["precomputed"] is True
-    store = load_features(project / "data/features")
+    store = open_features(project / "data/features")
     first = tests[0]["feature_path"]
-    np.testing.assert_array_equal(store.matrix(store.position()[first]),
+    np.testing.assert_array_equal(store.matrix(store.positions([first])[0]),
                                   torch.load(hw4 / first).numpy())
 
 
@@ -272,7 +272,8 @@ def test_corrupt_audio_fails_features_and_keeps_the_old_shards(project, tmp_path
     line = fail("features", capsys)
     assert str(victim) in line
     assert snapshot(project / "data/features") == before
-    assert sorted(p.name for p in (project / "data").iterdir()) == ["features", "raw"]
+    # No temporary left behind; the stage lock's file stays (it holds no lock).
+    assert sorted(p.name for p in (project / "data").iterdir()) == [".spkid.lock", "features", "raw"]
     # ...and the download stage names it too, leaving data/raw alone.
     raw = snapshot(project / "data/raw")
     line = fail("download", capsys)
@@ -460,7 +461,7 @@ def test_embed_audio_files_matches_the_feature_shards(project, tmp_path, capsys)
     features, whatever batch it lands in."""
     from spkid.checkpoint import load_model_dir
     from spkid.evaluation import embed_audio_files, extractor_for_model
-    from spkid.shards import load_features
+    from spkid.shards import open_features
     from spkid.training import embed_views
 
     data = make_audio_dir(tmp_path / "audio", speakers=3, per_speaker=4, seconds=(0.6, 3.0))
@@ -469,10 +470,10 @@ def test_embed_audio_files_matches_the_feature_shards(project, tmp_path, capsys)
     _train(capsys)
     model, config = load_model_dir(project / "data/model")
     rows, _ = read_manifest(project / "data/raw/manifest.parquet")
-    store = load_features(project / "data/features")
+    store = open_features(project / "data/features")
     views = {"source_id": [r.utterance_id for r in rows], "start_frame": [0] * len(rows),
-             "num_frames": [int(store.length[store.position()[r.utterance_id]]) for r in rows]}
-    want, _ = embed_views(model, store, views, 20000, torch.device("cpu"))
+             "num_frames": store.length[store.positions([r.utterance_id for r in rows])]}
+    want = embed_views(model, store, views, 20000, torch.device("cpu")).embeddings
     extractor = extractor_for_model(config["features"])
     paths = [r.path for r in rows]
     got = embed_audio_files(model, extractor, paths, 20000, "cpu")

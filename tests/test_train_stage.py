@@ -70,15 +70,27 @@ def test_sigkill_then_resume_equals_uninterrupted_run(prepared, tmp_path):
             break
         time.sleep(0.05)
     assert proc.poll() is None, "training finished before it could be killed"
+    proc.send_signal(signal.SIGSTOP)  # paused, it still holds the lock
+    # A second train in the same clone is refused, naming the first, and touches nothing.
+    second = spkid(killed, "train", check=False)
+    assert second.returncode == 2 and second.stderr.count("\n") == 1
+    assert f"spkid train (pid {proc.pid}" in second.stderr and "locked" in second.stderr
+    assert last.exists()
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     step = torch.load(last, weights_only=True)["progress"]["step"]
     assert 30 <= step < 150
     assert not (killed / "metrics/train.json").exists()
 
-    out = spkid(killed, "train")
+    out = spkid(killed, "train")  # SIGKILL left no stale lock
     assert f"resuming from step {step}" in out.stdout
     assert json.loads((killed / "metrics/train.json").read_text()) == expected
+    # The curves too: every step once, the same numbers as the uninterrupted run's.
+    curves = sorted(p.relative_to(whole) for p in (whole / "metrics/train").rglob("*.tsv"))
+    assert curves and curves == sorted(p.relative_to(killed)
+                                       for p in (killed / "metrics/train").rglob("*.tsv"))
+    for c in curves:
+        assert (killed / c).read_text() == (whole / c).read_text(), c
     a = torch.load(whole / "data/model/model.pt", weights_only=True)
     b = torch.load(killed / "data/model/model.pt", weights_only=True)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -93,6 +105,31 @@ def test_changed_params_do_not_resume(prepared, tmp_path):
     out = spkid(work, "train")
     assert "starting afresh" in out.stdout and "resuming" not in out.stdout
     assert json.loads((work / "metrics/train.json").read_text())["steps"] == 150
+
+
+def test_a_checkpoint_before_the_first_validation_resumes(tmp_path):
+    from spkid.checkpoint import resumable
+    last, best = tmp_path / "last.pt", tmp_path / "best.pt"
+    assert resumable(last, best, "f") == (None, "")
+    torch.save({"fingerprint": "f", "progress": {"step": 100, "best_step": 0}}, last)
+    snapshot, why = resumable(last, best, "f")
+    assert snapshot["progress"]["step"] == 100 and why == ""
+    snapshot, why = resumable(last, best, "g")
+    assert snapshot is None and "other params or data" in why
+    torch.save({"fingerprint": "f", "progress": {"step": 300, "best_step": 200}}, last)
+    snapshot, why = resumable(last, best, "f")
+    assert snapshot is None and f"{best} (the best model so far) is missing" in why
+    last.write_text("garbage")
+    assert "unreadable checkpoint" in resumable(last, best, "f")[1]
+
+
+def test_trim_curves_drops_rows_after_the_checkpoint(tmp_path):
+    from spkid.training import trim_curves
+    (tmp_path / "plots/val").mkdir(parents=True)
+    curve = tmp_path / "plots/val/accuracy.tsv"
+    curve.write_text("step\taccuracy\n25\t0.5\n50\t0.6\n75\t0.7\n")
+    trim_curves(tmp_path, 50)
+    assert curve.read_text() == "step\taccuracy\n25\t0.5\n50\t0.6\n"
 
 
 def free_port() -> int:
@@ -111,11 +148,11 @@ def test_torchrun_two_cpu_processes_gloo(prepared, tmp_path):
          "--master_addr=127.0.0.1", f"--master_port={free_port()}", "-m", "stages.cli", "train"],
         cwd=work, env=env(), capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
-    total = pq.read_metadata(work / "data/index/segments.parquet").num_rows
+    total = sum(pq.read_table(work / "data/index/segments.parquet")["windows"].to_pylist())
     counts = {}
     for rank in (0, 1):
         line = next(l for l in out.stdout.splitlines() if l.startswith(f"[train] rank {rank} of 2"))
-        counts[rank] = int(line.split(": ")[1].split()[0])
+        counts[rank] = int(line.split(": ")[1].split()[0])  # crop windows of this rank
     assert counts[0] + counts[1] == total and abs(counts[0] - counts[1]) <= 1
     assert out.stdout.count("[train] 20 steps") == 1  # only rank 0 reports and writes
     metrics = json.loads((work / "metrics/train.json").read_text())

@@ -2,12 +2,13 @@ import numpy as np
 import pytest
 import torch
 
-from spkid.batching import SegmentBatches, pad_views, view_batches
+from spkid.batching import SegmentBatches, view_batches
 from spkid.checkpoint import build_model, load_model_dir, save_model_dir
 from spkid.errors import DataError
 from spkid.params import validate_params
 from spkid.shards import FeatureStore
-from spkid.training import embed_views, train, warmup_cosine
+from spkid.index import crop_windows
+from spkid.training import embed_views, subset_views, train, warmup_cosine
 
 N_MELS, SPEAKERS = 8, 3
 
@@ -22,24 +23,23 @@ def toy_store(seed=0):
             mats.append((rng.standard_normal((n, N_MELS)) + 2.0 * np.eye(N_MELS)[s]).astype(np.float32))
             ids.append(f"s{s}-u{u}")
             labels.append(s)
-    length = np.array([len(m) for m in mats])
-    offset = np.concatenate([[0], np.cumsum(length)[:-1]])
-    return FeatureStore(np.concatenate(mats), ids, offset, length), labels
+    return FeatureStore.from_matrices(ids, mats), labels
 
 
-def segments_for(store, labels, seg=32):
-    rows = {"source_id": [], "start_frame": [], "num_frames": [], "jitter": [], "speaker_id": []}
-    for uid, n, y in zip(store.ids, store.length, labels):
-        rows["source_id"].append(uid)
-        rows["start_frame"].append(0)
-        rows["num_frames"].append(min(seg, int(n)))
-        rows["jitter"].append(int(n) - min(seg, int(n)))
-        rows["speaker_id"].append(y)
+def segments_for(store, labels, seg=32, start=0):
+    rows = {k: [] for k in ("source_id", "start_frame", "num_frames", "view_frames", "hop",
+                            "windows", "speaker_id")}
+    for uid, n, y in zip(store.ids.to_pylist(), store.length, labels):
+        n = int(n) - start
+        for key, value in (("source_id", uid), ("start_frame", start), ("num_frames", min(seg, n)),
+                           ("view_frames", n), ("hop", seg // 2),
+                           ("windows", (n - min(seg, n)) // (seg // 2) + 1), ("speaker_id", y)):
+            rows[key].append(value)
     return rows
 
 
 def views_for(store, labels):
-    return {"source_id": store.ids, "start_frame": [0] * len(store.ids),
+    return {"source_id": store.ids.to_pylist(), "start_frame": [0] * len(store.ids),
             "num_frames": [int(n) for n in store.length], "speaker_id": labels}
 
 
@@ -76,10 +76,11 @@ def test_training_learns_and_is_deterministic(tmp_path):
     save_model_dir(tmp_path / "m", state_a, config)
     loaded, cfg = load_model_dir(tmp_path / "m")
     model.load_state_dict(state_a)
-    e1, z1 = embed_views(model, store, views_for(store, labels), 400, torch.device("cpu"))
-    e2, z2 = embed_views(loaded, store, views_for(store, labels), 400, torch.device("cpu"))
-    np.testing.assert_allclose(e1, e2, atol=1e-6)
-    assert (z1.argmax(1) == np.array(labels)).mean() == pytest.approx(a.best_val_accuracy)
+    o1 = embed_views(model, store, views_for(store, labels), 400, torch.device("cpu"), labels=labels)
+    o2 = embed_views(loaded, store, views_for(store, labels), 400, torch.device("cpu"))
+    np.testing.assert_allclose(o1.embeddings, o2.embeddings, atol=1e-6)
+    assert (o1.predicted == np.array(labels)).mean() == pytest.approx(a.best_val_accuracy)
+    assert o2.true_rank is None and ((o1.true_rank == 0) == (o1.predicted == labels)).all()
 
 
 def test_segment_batches_are_a_function_of_step():
@@ -107,12 +108,45 @@ def test_view_batches_bound_padding():
         assert len(b) == 1 or len(b) * lengths[b].max() <= 120
 
 
-def test_pad_views_masks():
-    store, _ = toy_store()
-    x, mask = pad_views(store, np.array([0, 1]), np.array([5, 0]), np.array([10, 20]))
-    assert x.shape == (2, 20, N_MELS) and mask.sum(1).tolist() == [10, 20]
-    np.testing.assert_array_equal(x[0, :10].numpy(), store.matrix(0)[5:15])
-    assert not x[0, 10:].any()
+def test_segment_batches_draw_what_one_row_per_window_drew():
+    """The per-view index draws exactly the batches of the former one-row-per-window index
+    (so results did not move), for every rank of a DDP run."""
+    store, labels = toy_store()
+    segments = segments_for(store, labels, seg=20, start=3)
+    rows = [dict(zip(segments, values)) for values in zip(*segments.values())]
+    expanded = [(store.positions([r["source_id"]])[0], w, jitter, r["num_frames"], r["speaker_id"])
+                for r in rows for w, jitter in crop_windows(r)]
+    for rank, world in ((0, 1), (1, 3)):
+        batches = SegmentBatches(store, segments, 5, seed=7, steps=4, rank=rank, world=world)
+        mine = expanded[rank::world]
+        for step in range(4):
+            rng = np.random.default_rng([7, rank, step])
+            pick = rng.integers(0, len(mine), 5)
+            jitter = np.array([mine[k][2] for k in pick])
+            starts = [mine[k][1] for k in pick] + (rng.random(5) * (jitter + 1)).astype(np.int64)
+            x, mask, y = batches[step]
+            for b, k in enumerate(pick):
+                p, _, _, n, label = mine[k]
+                np.testing.assert_array_equal(x[b, :n].numpy(), store.matrix(p)[starts[b]:starts[b] + n])
+                assert int(y[b]) == label
+
+
+def test_validation_subset_and_middle_frames():
+    store, labels = toy_store()
+    views = views_for(store, labels)
+    part = subset_views(views, 5, seed=1)
+    assert part == subset_views(views, 5, seed=1) and len(part["source_id"]) == 5
+    assert set(part["source_id"]) < set(views["source_id"]) and subset_views(views, 0, 1) is views
+    assert part["source_id"] == sorted(part["source_id"], key=views["source_id"].index)
+    # max_frames scores the middle of each view: the same as scoring that stretch whole.
+    torch.manual_seed(0)
+    model = build_model({"model": PARAMS.model.to_dict(), "loss": PARAMS.loss.to_dict(),
+                         "n_mels": N_MELS, "speakers": ["a", "b", "c"], "features": {}})
+    middle = {**views, "start_frame": [(int(n) - 20) // 2 for n in store.length],
+              "num_frames": [20] * len(store.length)}
+    cpu = torch.device("cpu")
+    np.testing.assert_allclose(embed_views(model, store, views, 400, cpu, max_frames=20).embeddings,
+                               embed_views(model, store, middle, 400, cpu).embeddings, atol=1e-6)
 
 
 def test_warmup_cosine_shape():
