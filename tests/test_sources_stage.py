@@ -19,6 +19,7 @@ import typer
 import yaml
 
 from spkid.manifest import read_manifest
+from test_atomic import writer
 
 N_MELS = 40
 HW4_SPEAKERS = ["id10473", "id00464", "id10001"]  # class ids deliberately not in name order
@@ -501,3 +502,10 @@ def test_synthetic_corpus_keeps_its_stamp_and_gets_a_verify_manifest(project, tm
     verify = snapshot(project / "data/raw")["verify.parquet"]
     ok("download", capsys)
     assert snapshot(project / "data/raw")["verify.parquet"] == verify  # not rewritten
+
+    # A regeneration killed with SIGKILL leaks its folder; the next run, even one with
+    # nothing to regenerate, removes it.
+    writer(project / "data/raw", tmp_path / "elsewhere", "kill")
+    assert len(list((project / "data").iterdir())) == 2
+    assert "is current" in ok("download", capsys)
+    assert [p.name for p in (project / "data").iterdir()] == ["raw"]
