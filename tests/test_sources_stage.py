@@ -281,6 +281,23 @@ def test_corrupt_audio_fails_features_and_keeps_the_old_shards(project, tmp_path
     assert snapshot(project / "data/raw") == raw
 
 
+@pytest.mark.parametrize("value,message", [
+    (np.nan, "audio contains NaN or inf samples"),
+    (1e20, "samples reach 1e+20, far beyond full scale (1); not usable audio")])
+def test_bad_samples_in_the_middle_fail_features_naming_the_path(project, tmp_path, capsys,
+                                                                 value, message):
+    # download decodes only a recording's last frames; a bad sample before them is found
+    # by features, the stage that decodes the whole file (as the README says).
+    data = make_audio_dir(tmp_path / "audio", speakers=2, per_speaker=3)
+    victim = data / "spk1" / "01.wav"
+    wave = voice(150.0, 1.0, np.random.default_rng(1))
+    wave[SR // 2] = value
+    sf.write(str(victim), wave, SR, subtype="FLOAT")
+    write_params(project / "params.yaml", {"data": {"source": "audio_dir", "path": str(data)}})
+    ok("download", capsys)
+    assert fail("features", capsys) == f"spkid: error: {victim}: {message}"
+
+
 # --- url --------------------------------------------------------------------------------
 
 def _zip_folder(folder: Path, archive: Path) -> Path:
