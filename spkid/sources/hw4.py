@@ -106,7 +106,7 @@ def _torch_load(path: Path) -> Any:
         # A pickle naming a forbidden global is refused whatever else it looks like.
         if not (refused and "GLOBAL" in reason):
             head = _head(path)
-            if not head.startswith(_TORCH_MAGIC) and head[257:262] != b"ustar":
+            if head is not None and not head.startswith(_TORCH_MAGIC) and head[257:262] != b"ustar":
                 start = f"starts with {head[:16]!r}" if head else "is empty"
                 raise DataError(f"{path}: not a torch file (it {start}; torch.save writes a "
                                 "zip archive)") from None
@@ -135,12 +135,12 @@ def _torch_reason(exc: Exception) -> str:
     return type(exc).__name__
 
 
-def _head(path: Path) -> bytes:
+def _head(path: Path) -> bytes | None:
     try:
         with open(path, "rb") as f:
             return f.read(262)
-    except OSError:
-        return b""
+    except OSError:  # unreadable: torch's own error says why
+        return None
 
 
 # --- the JSON files -------------------------------------------------------------------
