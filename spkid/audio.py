@@ -3,6 +3,7 @@ everywhere), torchaudio resamples. Every failure names the file."""
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -12,6 +13,12 @@ import soundfile as sf
 from spkid.errors import DataError, SpkidError
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
+
+# Full scale is 1. Float files can hold anything, and samples this large push the mel power
+# past float32's range (from about 1e18 at the default n_fft), so the log-mels would be inf;
+# 1e12 keeps that from happening up to n_fft 65536 while still taking float files that
+# hold integer-scale samples (+-32768, +-2**31).
+MAX_AMPLITUDE = 1e12
 
 TORCHAUDIO_FIX = ("install a CUDA-linked torch from PyPI next to it, in a fresh virtual "
                   "environment: pip install 'torch>=2.11,<2.15' 'torchaudio==2.11.*' "
@@ -33,7 +40,7 @@ def audio_info(path: str | Path) -> tuple[float, int]:
     try:
         info = sf.info(str(path))
     except Exception as exc:
-        raise DataError(f"{path}: cannot read audio header ({_reason(exc)})") from None
+        raise _unreadable(path, "read audio header", exc) from None
     if info.samplerate <= 0:
         raise DataError(f"{path}: invalid sample rate {info.samplerate}")
     return info.frames / info.samplerate, info.samplerate
@@ -44,13 +51,25 @@ def read_audio(path: str | Path, sample_rate: int) -> np.ndarray:
     try:
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as exc:
-        raise DataError(f"{path}: cannot decode audio ({_reason(exc)})") from None
+        raise _unreadable(path, "decode audio", exc) from None
     if data.shape[0] == 0:
         raise DataError(f"{path}: audio is empty (0 samples)")
-    mono = data.mean(axis=1)
-    if not np.isfinite(mono).all():
+    check_samples(path, data)
+    return resample(data.mean(axis=1), sr, sample_rate)
+
+
+def check_samples(path: str | Path, samples: np.ndarray) -> None:
+    """Refuse decoded samples no recording holds: NaN, inf, or beyond MAX_AMPLITUDE."""
+    if samples.size == 0:
+        return
+    # Two reductions and no temporary arrays (a long recording is hundreds of MB); NaN
+    # propagates through max and min.
+    peak = float(max(samples.max(), -samples.min()))
+    if not np.isfinite(peak):
         raise DataError(f"{path}: audio contains NaN or inf samples")
-    return resample(mono, sr, sample_rate)
+    if peak > MAX_AMPLITUDE:
+        raise DataError(f"{path}: samples reach {peak:.3g}, far beyond full scale (1); "
+                        "not usable audio")
 
 
 def resample(wave: np.ndarray, orig_sr: int, sample_rate: int) -> np.ndarray:
@@ -68,6 +87,15 @@ def _resampler(orig_sr: int, sample_rate: int):
 
 def write_wav(path: str | Path, wave: np.ndarray, sample_rate: int) -> None:
     sf.write(str(path), np.clip(wave, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
+
+
+def _unreadable(path: str | Path, what: str, exc: Exception) -> DataError:
+    # soundfile says "System error" for a missing file and for a folder alike.
+    if not os.path.exists(path):
+        return DataError(f"{path}: not found")
+    if os.path.isdir(path):
+        return DataError(f"{path}: is a folder, not an audio file")
+    return DataError(f"{path}: cannot {what} ({_reason(exc)})")
 
 
 def _reason(exc: Exception) -> str:

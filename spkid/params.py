@@ -293,20 +293,63 @@ def validate_params(raw: Any) -> Params:
 
 def load_params(path: str | Path = "params.yaml") -> Params:
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ParamsError(f"params: file not found: {path}") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        line = getattr(getattr(exc, "problem_mark", None), "line", None)
-        where = f" line {line + 1}" if line is not None else ""
-        raise ParamsError(f"params: {path}{where} is not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    raw = _read_yaml(path)
     try:
         return validate_params(raw)
     except ParamsError as exc:
         raise ParamsError(f"{path}: {exc}") from None
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ParamsError(f"params: file not found: {path}") from None
+    except IsADirectoryError:
+        raise ParamsError(f"{path}: is a folder, not a params file") from None
+    except OSError as exc:
+        raise ParamsError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ParamsError(f"{path}: line {line} is not UTF-8 text (byte 0x{data[exc.start]:02x}); "
+                          "save the file as UTF-8") from None
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:  # an empty file: every key takes its default
+            return None
+        _refuse_duplicate_keys(path, node, "", set())
+        return loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        where = f" line {line + 1}" if line is not None else ""
+        raise ParamsError(f"params: {path}{where} is not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    finally:
+        loader.dispose()
+
+
+def _refuse_duplicate_keys(path: Path, node: yaml.Node, prefix: str, seen_nodes: set) -> None:
+    """YAML lets a repeated key silently replace the first one, so a second `train:`
+    section would drop every key of the first: refuse it, naming both lines."""
+    if id(node) in seen_nodes:  # an alias: checked where its anchor is
+        return
+    seen_nodes.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        lines: dict[tuple, int] = {}
+        for key, value in node.value:
+            name = prefix + (key.value if isinstance(key, yaml.ScalarNode) else "?")
+            if isinstance(key, yaml.ScalarNode):
+                line = key.start_mark.line + 1
+                if (key.tag, key.value) in lines:
+                    raise ParamsError(f"{path}: duplicate key {name!r} (lines "
+                                      f"{lines[key.tag, key.value]} and {line})")
+                lines[key.tag, key.value] = line
+            _refuse_duplicate_keys(path, value, name + ".", seen_nodes)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _refuse_duplicate_keys(path, item, prefix, seen_nodes)
 
 
 def defaults() -> dict:

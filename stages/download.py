@@ -29,7 +29,7 @@ from pathlib import Path
 import typer
 
 import spkid.synthetic
-from spkid.atomic import atomic_dir, atomic_path, write_json
+from spkid.atomic import atomic_dir, atomic_path, remove_stale_temporaries, write_json
 from spkid.errors import DataError
 from spkid.manifest import write_manifest
 from spkid.params import load_params
@@ -51,6 +51,8 @@ def _stamp(p) -> dict:
 def _synthetic(p, verify: tuple[list, dict]) -> str:
     stamp = _stamp(p)
     if SOURCE_STAMP.exists() and MANIFEST.exists() and json.loads(SOURCE_STAMP.read_text()) == stamp:
+        # atomic_dir(RAW) cleans up after a killed regeneration, but it does not run here.
+        remove_stale_temporaries(RAW)
         _write_verify(VERIFY, verify, only_if_changed=True)
         return "synthetic corpus is current"
     s = p.data.synthetic

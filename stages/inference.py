@@ -5,6 +5,7 @@ not training internals, and extract features exactly as training did."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -62,18 +63,35 @@ def _audio_files(inputs: list[Path]) -> list[tuple[Path, str | None]]:
     return found
 
 
+def _check_writable(out: Path) -> None:
+    """Fail before any embedding is computed where the result could not be written."""
+    if out.is_dir():
+        raise DataError(f"{out}: is a folder (--out names the Parquet file to write)")
+    folder = Path(os.path.abspath(out)).parent
+    while not folder.exists():  # atomic_path creates the missing folders
+        folder = folder.parent
+    if not folder.is_dir():
+        raise DataError(f"{out}: cannot be created: {folder} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise DataError(f"{out}: cannot be written: no write permission in {folder}")
+
+
 @app.command()
 @one_line_errors
 def embed(inputs: list[Path] = typer.Argument(..., help="audio files and/or folders"),
           out: Path = typer.Option(..., "--out", help="Parquet file to write"),
           model: Path = ModelOption, device: str = DeviceOption):
     """Speaker embeddings of audio files -> Parquet (path, speaker, embedding)."""
+    _check_writable(out)
     files = _audio_files(inputs)
     emb, _, _ = _embed([f for f, _ in files], model, device)
     table = pa.table({"path": [str(f) for f, _ in files], "speaker": [s for _, s in files],
                       "embedding": pa.array(list(emb), pa.list_(pa.float32()))})
-    with atomic_path(out) as tmp:
-        pq.write_table(table, tmp)
+    try:
+        with atomic_path(out) as tmp:
+            pq.write_table(table, tmp)
+    except OSError as exc:  # what no check beforehand can rule out: a full disk, a race
+        raise DataError(f"{out}: cannot write ({exc.strerror or exc})") from None
     print(f"[embed] {len(files)} files -> {out} ({emb.shape[1]}-dim)")
 
 
@@ -83,12 +101,18 @@ def verify(a: Path = typer.Argument(..., help="first recording"),
            b: Path = typer.Argument(..., help="second recording"),
            model: Path = ModelOption, device: str = DeviceOption):
     """Cosine score of two recordings and a same/different decision at the EER threshold."""
-    emb, _, config = _embed([a, b], model, device)
-    unit = emb / np.linalg.norm(emb, axis=1, keepdims=True).clip(1e-12)
-    score = float(unit[0] @ unit[1])
+    for path in (a, b):
+        if path.is_dir():
+            raise DataError(f"{path}: is a folder (verify compares two recordings)")
+        if not path.is_file():
+            raise DataError(f"{path}: not found")
+    net, config, extractor, device = _load(model, device)
     threshold = config.get("eer_threshold")
     if threshold is None:
         raise DataError(f"{model}: model.json has no eer_threshold (export a model that was evaluated)")
+    emb = embed_audio_files(net, extractor, [a, b], BATCH_FRAMES, device)
+    unit = emb / np.linalg.norm(emb, axis=1, keepdims=True).clip(1e-12)
+    score = float(unit[0] @ unit[1])
     decision = "same" if score >= threshold else "different"
     print(f"score {score:.4f} threshold {threshold:.4f} -> {decision} speaker")
 

@@ -1,6 +1,8 @@
 """spkid embed / verify / predict on audio files, against the library computed directly."""
 
+import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +14,7 @@ import soundfile as sf
 import torch
 
 from spkid.checkpoint import build_model, save_model_dir
+from spkid.errors import DataError
 from spkid.features import LogMelExtractor
 from spkid.params import validate_params
 
@@ -50,12 +53,23 @@ def direct_embedding(model, extractor, path):
         return model.embed(x, torch.ones(x.shape[:2], dtype=torch.bool))[0].numpy()
 
 
+def run(root, *args, model=None):
+    return subprocess.run([str(BIN / "spkid"), *args, "--model", str(model or root / "model"),
+                           "--device", "cpu"], cwd=root, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
 def cli(root, *args):
-    out = subprocess.run([str(BIN / "spkid"), *args, "--model", str(root / "model"), "--device", "cpu"],
-                         cwd=root, capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    out = run(root, *args)
     assert out.returncode == 0, out.stderr[-2000:]
     return out.stdout
+
+
+def cli_error(root, *args, model=None):
+    """The one line a command that fails on bad input prints (exit status 2)."""
+    out = run(root, *args, model=model)
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr[-2000:]
+    return out.stderr.strip()
 
 
 def test_embed_folder_and_file(setup):
@@ -102,3 +116,55 @@ def test_missing_input_is_one_line_error(setup):
                           str(root / "model")], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "nope.wav: no such file" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_embed_checks_out_before_any_work(setup, tmp_path):
+    root, _, _ = setup
+    folder = tmp_path / "existing"
+    folder.mkdir()
+    assert cli_error(root, "embed", str(root / "audio"), "--out", str(folder)) == (
+        f"spkid: error: {folder}: is a folder (--out names the Parquet file to write)")
+    assert list(folder.iterdir()) == []
+    # Checked before the model is even read: the missing model is not what it reports.
+    (tmp_path / "file").write_text("x")
+    out = tmp_path / "file" / "e.parquet"
+    assert cli_error(root, "embed", str(root / "audio"), "--out", str(out),
+                     model=tmp_path / "no-model") == (
+        f"spkid: error: {out}: cannot be created: {tmp_path / 'file'} is not a folder")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into any folder")
+def test_embed_into_a_read_only_folder(setup, tmp_path):
+    root, _, _ = setup
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    out = read_only / "sub" / "e.parquet"
+    assert cli_error(root, "embed", str(root / "audio"), "--out", str(out)) == (
+        f"spkid: error: {out}: cannot be written: no write permission in {read_only}")
+
+
+def test_verify_checks_its_inputs_first(setup, tmp_path):
+    root, model, _ = setup
+    good = root / "audio/alice/sess/0.wav"
+    assert cli_error(root, "verify", str(good), str(root / "nope.wav")) == (
+        f"spkid: error: {root / 'nope.wav'}: not found")
+    assert cli_error(root, "verify", str(root / "audio"), str(good)) == (
+        f"spkid: error: {root / 'audio'}: is a folder (verify compares two recordings)")
+    # A model without a threshold is refused before any audio is decoded (this would not).
+    config = json.loads((root / "model" / "model.json").read_text())
+    del config["eer_threshold"]
+    save_model_dir(tmp_path / "m", model.state_dict(), config)
+    (tmp_path / "bad.wav").write_bytes(b"RIFF" + bytes(100))
+    assert cli_error(root, "verify", str(good), str(tmp_path / "bad.wav"), model=tmp_path / "m") == (
+        f"spkid: error: {tmp_path / 'm'}: model.json has no eer_threshold (export a model that "
+        "was evaluated)")
+
+
+def test_missing_audio_says_not_found(tmp_path):
+    from spkid.audio import audio_info, read_audio
+    for read in (audio_info, lambda p: read_audio(p, 16000)):
+        with pytest.raises(DataError, match=rf"^{re.escape(str(tmp_path / 'gone.wav'))}: not found$"):
+            read(tmp_path / "gone.wav")
+        with pytest.raises(DataError, match=rf"^{re.escape(str(tmp_path))}: is a folder, not an audio file$"):
+            read(tmp_path)

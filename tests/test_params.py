@@ -1,4 +1,6 @@
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -65,6 +67,51 @@ def test_file_errors_name_the_file(tmp_path):
     wrong.write_text("loss:\n  m: -1\n")
     with pytest.raises(ParamsError, match=r"wrong\.yaml: params: loss\.m"):
         load_params(wrong)
+
+
+@pytest.mark.parametrize("text,message", [
+    ("train:\n  lr: 0.1\n  steps: 5\n  lr: 0.2\n", r"x\.yaml: duplicate key 'train\.lr' \(lines 2 and 4\)$"),
+    ("train:\n  lr: 0.1\nloss:\n  m: 0.3\ntrain:\n  steps: 5\n",
+     r"x\.yaml: duplicate key 'train' \(lines 1 and 5\)$"),
+    ("train:\n  augment:\n    snr_db: [1, 2]\n    snr_db: [3, 4]\n",
+     r"duplicate key 'train\.augment\.snr_db' \(lines 3 and 4\)$"),
+], ids=["nested", "section", "deep"])
+def test_duplicate_keys_are_refused_by_name(tmp_path, text, message):
+    path = tmp_path / "x.yaml"
+    path.write_text(text)
+    with pytest.raises(ParamsError, match=message):
+        load_params(path)
+
+
+def test_yaml_features_still_load(tmp_path):
+    # Anchors, aliases and merge keys are not duplicates; a BOM is fine; empty = defaults.
+    path = tmp_path / "x.yaml"
+    path.write_text("\ufeffdata:\n  synthetic: &s {speakers: 3}\nmodel: &m {layers: 3}\n"
+                    "train: {<<: {steps: 7, lr: 0.1}, lr: 0.5}\n", encoding="utf-8")
+    p = load_params(path)
+    assert (p.data.synthetic.speakers, p.model.layers, p.train.steps, p.train.lr) == (3, 3, 7, 0.5)
+    path.write_text("")
+    assert load_params(path).to_dict() == defaults()
+
+
+def test_unreadable_params_file_is_one_line(tmp_path):
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes("# params\ntrain:\n  lr: 0.1  # r\u00e9glage\n".encode("latin-1"))
+    with pytest.raises(ParamsError, match=r"latin1\.yaml: line 3 is not UTF-8 text \(byte 0xe9\)"):
+        load_params(latin1)
+    with pytest.raises(ParamsError, match=rf"{tmp_path.name}: is a folder, not a params file"):
+        load_params(tmp_path)
+
+
+def test_cli_reports_a_bad_params_file_in_one_line(tmp_path):
+    (tmp_path / "dup.yaml").write_text("loss:\n  m: 0.3\n  m: 0.4\n")
+    for params, message in [(tmp_path, "is a folder, not a params file"),
+                            (tmp_path / "dup.yaml", "dup.yaml: duplicate key 'loss.m' (lines 2 and 3)")]:
+        out = subprocess.run([str(Path(sys.executable).parent / "spkid"), "download", "--params",
+                              str(params)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+        assert message in out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dup.yaml"]  # nothing written
 
 
 def test_params_are_read_only():

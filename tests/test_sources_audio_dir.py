@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -176,6 +177,12 @@ def _break(corpus: Path, kind: str) -> Path:
         path = bad / "head.wav"
         path.write_bytes(full.read_bytes()[:20])  # the RIFF header stops mid-way
         full.unlink()
+    elif kind in ("nan", "inf", "huge"):
+        # Float WAV holds any float32: a bad value in the last frames, which download decodes.
+        path = bad / f"{kind}.wav"
+        data = (RNG.standard_normal(16000) * 0.1).astype(np.float32)
+        data[-10] = {"nan": np.nan, "inf": -np.inf, "huge": 3e15}[kind]
+        sf.write(str(path), data, 16000, subtype="FLOAT")
     return path
 
 
@@ -186,10 +193,13 @@ def _break(corpus: Path, kind: str) -> Path:
     ("truncated wav", "truncated WAV"),
     ("truncated flac", "truncated"),
     ("header only", "cannot read audio header"),
+    ("nan", "audio contains NaN or inf samples"),
+    ("inf", "audio contains NaN or inf samples"),
+    ("huge", r"samples reach 3e\+15, far beyond full scale"),
 ])
 def test_bad_recording_names_the_file(corpus, kind, message):
     path = _break(corpus, kind)
-    with pytest.raises(DataError, match=rf"{path.name}: {message}"):
+    with pytest.raises(DataError, match=rf"{re.escape(str(path))}: {message}"):
         scan_audio_dir(corpus, min_seconds=0.0, short="pad")
 
 

@@ -19,6 +19,7 @@ import typer
 import yaml
 
 from spkid.manifest import read_manifest
+from test_atomic import writer
 
 N_MELS = 40
 HW4_SPEAKERS = ["id10473", "id00464", "id10001"]  # class ids deliberately not in name order
@@ -281,6 +282,23 @@ def test_corrupt_audio_fails_features_and_keeps_the_old_shards(project, tmp_path
     assert snapshot(project / "data/raw") == raw
 
 
+@pytest.mark.parametrize("value,message", [
+    (np.nan, "audio contains NaN or inf samples"),
+    (1e20, "samples reach 1e+20, far beyond full scale (1); not usable audio")])
+def test_bad_samples_in_the_middle_fail_features_naming_the_path(project, tmp_path, capsys,
+                                                                 value, message):
+    # download decodes only a recording's last frames; a bad sample before them is found
+    # by features, the stage that decodes the whole file (as the README says).
+    data = make_audio_dir(tmp_path / "audio", speakers=2, per_speaker=3)
+    victim = data / "spk1" / "01.wav"
+    wave = voice(150.0, 1.0, np.random.default_rng(1))
+    wave[SR // 2] = value
+    sf.write(str(victim), wave, SR, subtype="FLOAT")
+    write_params(project / "params.yaml", {"data": {"source": "audio_dir", "path": str(data)}})
+    ok("download", capsys)
+    assert fail("features", capsys) == f"spkid: error: {victim}: {message}"
+
+
 # --- url --------------------------------------------------------------------------------
 
 def _zip_folder(folder: Path, archive: Path) -> Path:
@@ -502,3 +520,10 @@ def test_synthetic_corpus_keeps_its_stamp_and_gets_a_verify_manifest(project, tm
     verify = snapshot(project / "data/raw")["verify.parquet"]
     ok("download", capsys)
     assert snapshot(project / "data/raw")["verify.parquet"] == verify  # not rewritten
+
+    # A regeneration killed with SIGKILL leaks its folder; the next run, even one with
+    # nothing to regenerate, removes it.
+    writer(project / "data/raw", tmp_path / "elsewhere", "kill")
+    assert len(list((project / "data").iterdir())) == 2
+    assert "is current" in ok("download", capsys)
+    assert [p.name for p in (project / "data").iterdir()] == ["raw"]

@@ -18,7 +18,7 @@ from pathlib import Path, PurePosixPath
 
 import soundfile as sf
 
-from spkid.audio import AUDIO_SUFFIXES, audio_info
+from spkid.audio import AUDIO_SUFFIXES, audio_info, check_samples
 from spkid.errors import DataError
 from spkid.manifest import ManifestRow
 
@@ -180,14 +180,15 @@ def _decodable_tail(path: Path) -> int:
                 return frames
             want = min(frames, TAIL_FRAMES)
             f.seek(frames - want)
-            got = len(f.read(want, dtype="float32", always_2d=True))
+            tail = f.read(want, dtype="float32", always_2d=True)
     except Exception as exc:
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise DataError(f"{path}: truncated or corrupt audio (cannot decode the end: "
                         f"{reason})") from None
-    if got < want:
+    if len(tail) < want:
         raise DataError(f"{path}: truncated audio (header says {frames} frames, the end "
                         "cannot be decoded)")
+    check_samples(path, tail)
     return frames
 
 

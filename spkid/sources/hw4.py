@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import stat
 import warnings
 from pathlib import Path, PurePosixPath
@@ -99,13 +100,47 @@ def _torch_load(path: Path) -> Any:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # pickle-protocol chatter
             return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unsafe pickle"
-        raise DataError(f"{path}: refused to load: holds objects other than tensors "
-                        f"(weights_only: {reason[:200]})") from None
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"{path}: not a readable torch file ({first})") from None
+        reason = _torch_reason(exc)
+        refused = isinstance(exc, pickle.UnpicklingError)
+        # A pickle naming a forbidden global is refused whatever else it looks like.
+        if not (refused and "GLOBAL" in reason):
+            head = _head(path)
+            if head is not None and not head.startswith(_TORCH_MAGIC) and head[257:262] != b"ustar":
+                start = f"starts with {head[:16]!r}" if head else "is empty"
+                raise DataError(f"{path}: not a torch file (it {start}; torch.save writes a "
+                                "zip archive)") from None
+        if refused:
+            raise DataError(f"{path}: refused to load: holds objects other than tensors "
+                            f"(weights_only: {reason})") from None
+        raise DataError(f"{path}: not a readable torch file ({reason})") from None
+
+
+# torch.save writes a zip archive; the legacy format is a pickle (protocol 2 or later
+# starts with \x80), and the oldest one a tar archive ("ustar" at offset 257).
+_TORCH_MAGIC = (b"PK\x03\x04", b"\x80")
+# torch wraps the reason for a refusal in paragraphs of advice; these lines are advice.
+_TORCH_ADVICE = ("Weights only load failed", "Check the documentation", "(1)", "(2)",
+                 "Please file an issue")
+
+
+def _torch_reason(exc: Exception) -> str:
+    """The part of torch's load error that says what is wrong with the file, e.g.
+    "Unsupported global: GLOBAL os.system was not an allowed global by default"."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).split("WeightsUnpickler error:", 1)[-1]
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith(_TORCH_ADVICE):
+            return re.split(r"\.\s+(?:Please|This|If) ", line)[0].rstrip(".")[:200]
+    return type(exc).__name__
+
+
+def _head(path: Path) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read(262)
+    except OSError:  # unreadable: torch's own error says why
+        return None
 
 
 # --- the JSON files -------------------------------------------------------------------
