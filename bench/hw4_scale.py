@@ -1,6 +1,7 @@
 """The pipeline at the HW4 homework's real size: wall time, peak memory and disk per stage.
 
     python bench/hw4_scale.py make DATA_DIR          # write the HW4-format folder (~6.6 GB)
+    python bench/hw4_scale.py make TINY_DIR --speakers 40 --labelled 800 --test 80  # the baseline
     python bench/hw4_scale.py run DATA_DIR [--set train.steps=300] [--project DIR] [--keep]
 
 `make` writes a folder in the exact Kaggle HW4 format (mapping.json, metadata.json,
@@ -42,32 +43,33 @@ SPEAKERS, LABELLED, TEST, N_MELS = 600, 56_666, 4_000, 40
 MIN_S, MAX_S, MEDIAN_S = 1.3, 20.0, 5.9  # median tuned so the total is about 41 M frames
 
 
-def make(folder: Path, seed: int = 0) -> None:
+def make(folder: Path, speakers: int = SPEAKERS, labelled: int = LABELLED, test: int = TEST,
+         seed: int = 0) -> None:
     import torch
 
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
-    n = LABELLED + TEST
+    n = labelled + test
     seconds = np.clip(rng.lognormal(np.log(MEDIAN_S), 0.6, n), MIN_S, MAX_S)
     frames = (seconds * 100).astype(int)
-    speaker_of = np.concatenate([np.arange(LABELLED) % SPEAKERS, rng.integers(0, SPEAKERS, TEST)])
-    means = rng.normal(0, 1.0, (SPEAKERS, N_MELS)).astype(np.float32) - 4.0
-    names = [f"id{10000 + k:05d}" for k in range(SPEAKERS)]
+    speaker_of = np.concatenate([np.arange(labelled) % speakers, rng.integers(0, speakers, test)])
+    means = rng.normal(0, 1.0, (speakers, N_MELS)).astype(np.float32) - 4.0
+    names = [f"id{10000 + k:05d}" for k in range(speakers)]
     meta = {name: [] for name in names}
-    test = []
+    unlabelled = []
     for k in range(n):
         x = means[speaker_of[k]] + rng.standard_normal((frames[k], N_MELS), dtype=np.float32)
         name = f"uttr-{k:08x}.pt"
         torch.save(torch.from_numpy(x), folder / name)
         item = {"feature_path": name, "mel_len": int(frames[k])}
-        (meta[names[speaker_of[k]]] if k < LABELLED else test).append(item)
+        (meta[names[speaker_of[k]]] if k < labelled else unlabelled).append(item)
         if k % 5000 == 0:
             print(f"{k}/{n} utterances", flush=True)
     (folder / "mapping.json").write_text(json.dumps({
         "speaker2id": {s: i for i, s in enumerate(names)},
         "id2speaker": {str(i): s for i, s in enumerate(names)}}))
     (folder / "metadata.json").write_text(json.dumps({"n_mels": N_MELS, "speakers": meta}))
-    (folder / "testdata.json").write_text(json.dumps({"n_mels": N_MELS, "utterances": test}))
+    (folder / "testdata.json").write_text(json.dumps({"n_mels": N_MELS, "utterances": unlabelled}))
     print(f"{n} utterances, {int(frames.sum())} frames ({frames.sum() * N_MELS * 4 / 2**30:.2f} "
           f"GiB as float32) in {folder}")
 
@@ -192,6 +194,9 @@ def main() -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     mk = sub.add_parser("make", help="write the HW4-format folder")
     mk.add_argument("folder", type=Path)
+    mk.add_argument("--speakers", type=int, default=SPEAKERS)
+    mk.add_argument("--labelled", type=int, default=LABELLED)
+    mk.add_argument("--test", type=int, default=TEST)
     rn = sub.add_parser("run", help="run the pipeline on it, stage by stage")
     rn.add_argument("folder", type=Path)
     rn.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -200,7 +205,7 @@ def main() -> int:
     rn.add_argument("--workdir", type=Path, help="parent folder of the temporary repository")
     args = ap.parse_args()
     if args.cmd == "make":
-        make(args.folder)
+        make(args.folder, args.speakers, args.labelled, args.test)
         return 0
     if shutil.which("dvc") is None or shutil.which("spkid") is None:
         raise SystemExit("dvc and spkid must be on PATH (activate the project's virtual environment)")

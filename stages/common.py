@@ -11,6 +11,7 @@ import typer
 
 from spkid.errors import SpkidError
 from spkid.lock import StageLock
+from spkid.params import load_params
 from stages.layout import STAGE_LOCK
 
 ParamsOption = typer.Option(Path("params.yaml"), "--params", help="params file to read")
@@ -30,9 +31,10 @@ def one_line_errors(fn):
 
 def exclusive(fn):
     """Run a stage command holding the repository's stage lock (rank 0 alone under torchrun:
-    the other ranks are the same command)."""
+    the other ranks are the same command). Bad params fail first, leaving no trace."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        load_params(kwargs.get("params", args[0] if args else Path("params.yaml")))
         if os.environ.get("RANK", "0") != "0":
             return fn(*args, **kwargs)
         with StageLock(STAGE_LOCK, f"spkid {fn.__name__}"):

@@ -90,6 +90,9 @@ def test_repro_then_experiment(repo):
         assert 0.0 <= base[role]["accuracy_top1"] <= base[role]["accuracy_top5"] <= 1.0
         assert base[role]["eer"] is not None and 0.0 <= base[role]["eer"] <= 1.0
         assert base[role]["trials"] > 0
+    # Outputs are linked to the DVC cache, not copied: the features exist once on disk.
+    shard = next((path / "data/features").glob("shard-*.parquet"))
+    assert shard.is_symlink() or shard.stat().st_nlink >= 2
     train_metrics = json.loads((path / "metrics" / "train.json").read_text())
     assert train_metrics["steps"] == 40 and 0 <= train_metrics["best_val_accuracy"] <= 1
 
