@@ -73,7 +73,7 @@ def features_spkid(folder: Path, out: Path, workers: int) -> dict:
     rows = audio_rows(folder)
     extractor = LogMelExtractor()
     job = BlockJob(str(folder / "manifest.parquet"), {"format": "audio"}, extractor.config(),
-                   str(out), {"features": extractor.config()}, "float32", 32, 0.0, "pad")
+                   str(out), {"features": extractor.config()}, "float32", 1, 0.0, "pad")
     started = time.perf_counter()
     manifest_to_shards(rows, job, shard_size=512, workers=workers, progress=False)
     wall = time.perf_counter() - started

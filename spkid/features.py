@@ -7,7 +7,8 @@ which other utterances share its batch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -86,6 +87,7 @@ class BlockJob:
     batch_size: int
     min_seconds: float
     short: str
+    threads: int = 1  # batches computed at once inside the block (each op single-threaded)
 
 
 def write_block(job: BlockJob, block: int, rows) -> dict:
@@ -102,27 +104,36 @@ def write_block(job: BlockJob, block: int, rows) -> dict:
     feats: dict[int, np.ndarray] = {}
     if job.meta.get("format") == "hw4":
         from spkid.sources.hw4 import load_hw4_features
-        for k, r in enumerate(rows):
-            feats[k] = load_hw4_features(resolve(job.manifest_path, r), r.num_frames,
-                                         extractor.n_mels)
+
+        def compute(ks: list[int]) -> tuple[list, int, int]:
+            return [(k, load_hw4_features(resolve(job.manifest_path, rows[k]), rows[k].num_frames,
+                                          extractor.n_mels)) for k in ks], 0, 0
+        tasks = [[k] for k in range(len(rows))]
     else:
-        # Similar lengths batched together waste little on padding; each utterance's
-        # features do not depend on its batch, so the order is free.
-        order = sorted(range(len(rows)), key=lambda k: rows[k].duration or 0.0)
-        for a in range(0, len(order), job.batch_size):
-            waves, kept = [], []
-            for k in order[a:a + job.batch_size]:
+        def compute(ks: list[int]) -> tuple[list, int, int]:
+            """(index, log-mels) of a batch's usable rows, and how many were padded, skipped."""
+            waves, kept, padded = [], [], 0
+            for k in ks:
                 wave = read_audio(resolve(job.manifest_path, rows[k]), extractor.sample_rate)
                 if len(wave) < min_samples:
                     if job.short == "skip":
-                        stats["skipped_short"] += 1
                         continue
                     wave = pad_to_min_length(wave, min_samples)
-                    stats["padded"] += 1
+                    padded += 1
                 waves.append(wave)
                 kept.append(k)
-            if waves:
-                feats.update(zip(kept, extractor(waves)))
+            return (list(zip(kept, extractor(waves))) if waves else []), padded, len(ks) - len(kept)
+        # Similar lengths batched together waste little on padding; each utterance's
+        # features do not depend on its batch, so the order is free.
+        order = sorted(range(len(rows)), key=lambda k: rows[k].duration or 0.0)
+        tasks = [order[a:a + job.batch_size] for a in range(0, len(order), job.batch_size)]
+    # Decoding and the FFTs release the GIL, so threads overlap them; which thread runs a
+    # batch changes nothing in its numbers.
+    with ThreadPoolExecutor(max(1, job.threads)) as pool:
+        for done, padded, skipped in pool.map(compute, tasks):
+            feats.update(done)
+            stats["padded"] += padded
+            stats["skipped_short"] += skipped
     for k, r in enumerate(rows):
         if k in feats:
             writer.add(r.utterance_id, r.speaker, r.role, feats.pop(k))
@@ -143,9 +154,10 @@ def _one_thread() -> None:
 def manifest_to_shards(rows, job: BlockJob, *, shard_size: int, workers: int = 1,
                        rank: int = 0, world: int = 1, progress: bool = True) -> dict:
     """Write the shards of every block this rank owns (blocks rank, rank + world, ...),
-    `workers` blocks at a time in worker processes. Each process computes with one thread,
-    so the bytes written do not depend on how the work was spread. Memory per worker: one
-    block's features plus one batch of audio."""
+    spread over `workers`: one process per block while there are blocks enough, the rest as
+    threads inside each process (so one big block still uses every core). Every torch op
+    runs single-threaded, so the bytes written do not depend on how the work was spread.
+    Memory per process: one block's features plus a batch of audio per thread."""
     from tqdm import tqdm
 
     precomputed = job.meta.get("format") == "hw4"
@@ -153,14 +165,15 @@ def manifest_to_shards(rows, job: BlockJob, *, shard_size: int, workers: int = 1
         from spkid.errors import DataError
         raise DataError(f"{job.manifest_path}: the data set has {job.meta.get('n_mels')} mels "
                         f"but features.n_mels is {job.extractor['n_mels']}")
-    mine = [(job, k, [rows[i] for i in r])
-            for k, r in enumerate(shard_blocks(len(rows), shard_size)) if k % world == rank]
+    owned = [(k, r) for k, r in enumerate(shard_blocks(len(rows), shard_size)) if k % world == rank]
+    processes = max(1, min(workers, len(owned)))
+    job = replace(job, threads=max(1, workers // processes))
+    mine = [(job, k, [rows[i] for i in r]) for k, r in owned]
     totals = {"utterances": 0, "padded": 0, "skipped_short": 0, "frames": 0, "shards": 0}
     bar = tqdm(total=sum(len(m[2]) for m in mine), desc="features", unit="utt",
                disable=not progress)
-    workers = max(1, min(workers, len(mine)))
     try:
-        if workers == 1:
+        if processes == 1:
             threads = torch.get_num_threads()
             _one_thread()
             try:
@@ -176,7 +189,7 @@ def manifest_to_shards(rows, job: BlockJob, *, shard_size: int, workers: int = 1
             # OpenMP threads may already be running (a forked OpenMP runtime can hang).
             ctx = multiprocessing.get_context("forkserver")
             ctx.set_forkserver_preload(["spkid.features"])
-            with ctx.Pool(workers, initializer=_one_thread) as pool:
+            with ctx.Pool(processes, initializer=_one_thread) as pool:
                 for m, stats in zip(mine, pool.imap(_run_block, mine)):
                     _add(totals, stats)
                     bar.update(len(m[2]))

@@ -73,10 +73,12 @@ SCHEMA: dict[str, Any] = {
         "f_max": _f("float", None, "highest mel filter frequency (Hz); null = sample_rate/2",
                     nullable=True, above=0),
         "shard_size": _f("int", 512, "utterances per Parquet shard", min=1),
-        "batch_size": _f("int", 32, "utterances per feature computation batch", min=1),
+        "batch_size": _f("int", 1, "utterances per log-mel call (1 is fastest on CPU: batching "
+                          "pads and thrashes caches)", min=1),
         "dtype": _f("str", "float32", "precision of the stored log-mels (float16 halves disk "
                     "and memory)", choices=("float32", "float16")),
-        "workers": _f("int", 0, "feature processes on this machine (0 = one per CPU core)",
+        "workers": _f("int", 0, "parallel feature workers on this machine: processes over "
+                      "blocks, threads within one (0 = one per CPU core)",
                       min=0),
     },
     "index": {
