@@ -11,6 +11,7 @@ import typer
 
 from spkid.errors import SpkidError
 from spkid.lock import StageLock
+from spkid.memory import keep_large_blocks_mapped
 from spkid.params import load_params
 from stages.layout import STAGE_LOCK
 
@@ -35,6 +36,7 @@ def exclusive(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         load_params(kwargs.get("params", args[0] if args else Path("params.yaml")))
+        keep_large_blocks_mapped()  # memory that stays flat over many batches (spkid.memory)
         if os.environ.get("RANK", "0") != "0":
             return fn(*args, **kwargs)
         with StageLock(STAGE_LOCK, f"spkid {fn.__name__}"):
