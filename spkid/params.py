@@ -100,6 +100,8 @@ SCHEMA: dict[str, Any] = {
         "ffn_dim": _f("int", 128, "feed-forward width", min=8),
         "conv_kernel": _f("int", 15, "conformer depthwise kernel (odd)", min=3),
         "dropout": _f("float", 0.1, "dropout", min=0, max=0.9),
+        "norm": _f("str", "pre", "transformer: layer norm before (pre) or after (post) each "
+                   "sublayer", choices=("pre", "post")),
         "pooling": _f("str", "asp", "frames -> utterance vector",
                       choices=("mean", "sap", "asp", "tstp")),
         "attention_dim": _f("int", 64, "sap hidden size (0 = single linear score)", min=0),

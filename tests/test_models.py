@@ -1,8 +1,11 @@
 """Tests for spkid.models: every encoder with several poolings (shapes, padding invariance,
 gradient flow), every pooling alone (padding, statistics vs numpy), the embedding options
-and the two reference recipes. Small sizes, so the whole file runs in seconds on CPU."""
+and the two reference recipes against the homework's own models (tests/hw4_homework.py).
+Small sizes, so the whole file runs in seconds on CPU."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
@@ -13,6 +16,9 @@ from torch import nn
 from spkid.models import ENCODERS, HEADS, POOLINGS, SpeakerNet
 from spkid.models.pooling import SelfAttentionPooling, weighted_mean_std
 from spkid.params import SCHEMA, validate_params
+
+from hw4_homework import (HOMEWORK, HW4_SPEAKERS, load_homework_weights, recipe_net,
+                          recipe_params)
 
 N_MELS = 16
 N_SPK = 5
@@ -242,38 +248,124 @@ def test_forward_passes_the_margin_to_the_head():
     torch.testing.assert_close(plain[rows, y] - half[rows, y], torch.full((2,), 1.5))
 
 
-# ---- the reference recipes ------------------------------------------------------------------
+# ---- the reference recipes against the homework's own code -------------------------------
 
-def test_reference_recipe_transformer_hw4():
-    p = validate_params({
-        "model": {"encoder": "transformer", "d_model": 80, "heads": 2, "ffn_dim": 256,
-                  "layers": 1, "pooling": "mean", "embedding_dim": 80,
-                  "embedding_activation": "relu"},
-        "loss": {"name": "softmax"}})
-    net = SpeakerNet(p.model, p.loss, 40, 600)
-    assert net.encoder.prenet.weight.shape == (80, 40)
-    assert len(net.encoder.layers.layers) == 1
-    assert net.embedding.weight.shape == (80, 80) and isinstance(net.embedding_act, nn.ReLU)
-    assert net.head.fc.weight.shape == (600, 80)
-    assert net.embedding_dim == 80
-    emb, logits = net.eval()(*padded_batch([12, 7], n_mels=40))
-    assert emb.shape == (2, 80) and logits.shape == (2, 600)
+def homework_and_recipe(name):
+    """The homework's model with every parameter and BatchNorm statistic perturbed (so no
+    two LayerNorms or biases are alike and a swapped mapping shows), and spkid's recipe net
+    holding the same weights."""
+    torch.manual_seed(0)
+    theirs = HOMEWORK[name][0](n_spks=HW4_SPEAKERS)
+    with torch.no_grad():
+        for param in theirs.parameters():
+            param.add_(0.1 * torch.randn_like(param))
+    randomize_norms(theirs)
+    ours = recipe_net(name)
+    load_homework_weights(name, theirs, ours)
+    return theirs, ours
 
 
-def test_reference_recipe_conformer_sap():
-    p = validate_params({
-        "model": {"encoder": "conformer", "d_model": 160, "layers": 3, "heads": 4,
-                  "ffn_dim": 256, "conv_kernel": 31, "pooling": "sap", "attention_dim": 64,
-                  "embedding_dim": 0},
-        "loss": {"name": "softmax"}})
-    net = SpeakerNet(p.model, p.loss, 40, 600)
-    assert net.encoder.prenet.weight.shape == (160, 40)
-    assert len(net.encoder.conformer.conformer_layers) == 3
-    assert net.pooling.score[0].weight.shape == (64, 160)
-    assert isinstance(net.embedding, nn.Identity) and net.embedding_dim == 160
-    assert net.head.fc.weight.shape == (600, 160)
-    emb, logits = net.eval()(*padded_batch([12, 7], n_mels=40))
-    assert emb.shape == (2, 160) and logits.shape == (2, 600)
+def dropout_rates(model):
+    return ([mod.p for mod in model.modules() if isinstance(mod, nn.Dropout)]
+            + [mod.dropout for mod in model.modules() if isinstance(mod, nn.MultiheadAttention)])
+
+
+@pytest.mark.parametrize("name", sorted(HOMEWORK))
+def test_recipe_is_the_homework_model(name):
+    theirs, ours = homework_and_recipe(name)
+    assert dropout_rates(ours) == dropout_rates(theirs)
+    # An unpadded batch of the recipe's crops, as in training.
+    x = torch.randn(4, recipe_params(name).index.segment_len, 40,
+                    generator=torch.Generator().manual_seed(1))
+    mask = torch.ones(x.shape[:2], dtype=torch.bool)
+    # Without dropout a training-mode forward is deterministic too (BatchNorm then uses the
+    # batch's statistics, identically on both sides), so compare that as well.
+    modes = ["eval", "train"] if max(dropout_rates(theirs)) == 0 else ["eval"]
+    for mode in modes:
+        theirs.train(mode == "train")
+        ours.train(mode == "train")
+        with torch.no_grad():
+            expected = theirs(x)
+            _, logits = ours(x, mask)
+        assert expected.abs().max() > 0.1  # logits that could differ
+        torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5, msg=mode)
+
+
+def test_sample_recipe_is_post_norm():
+    _, ours = homework_and_recipe("hw4_sample")
+    x = torch.randn(2, 16, 40)
+    mask = torch.ones(2, 16, dtype=torch.bool)
+    ours.eval()
+    with torch.no_grad():
+        frames = ours.encoder(x, mask)
+        ours.encoder.layers.layers[0].norm_first = True
+        assert not torch.allclose(ours.encoder(x, mask), frames, atol=1e-3)
+    # Post-norm: the last operation is norm2, so undoing its affine terms leaves every frame
+    # with mean 0 and variance 1 (pre-norm ends in a residual sum instead).
+    norm2 = ours.encoder.layers.layers[0].norm2
+    standardised = (frames - norm2.bias) / norm2.weight
+    torch.testing.assert_close(standardised.mean(-1), torch.zeros(2, 16), atol=1e-4, rtol=0)
+    torch.testing.assert_close(standardised.var(-1, unbiased=False), torch.ones(2, 16),
+                               atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("name", sorted(HOMEWORK))
+def test_recipe_trains_as_the_homework(name):
+    import inspect
+    p = recipe_params(name)
+    # The sample's config: batch_size 32, valid_steps 2000, warmup_steps 1000,
+    # total_steps 70000, segment_len 128; AdamW(lr=1e-3) and nn.CrossEntropyLoss().
+    assert (p.train.batch_size, p.train.valid_every, p.train.warmup_steps, p.train.steps,
+            p.index.segment_len, p.train.lr) == (32, 2000, 1000, 70000, 128, 1e-3)
+    adamw = inspect.signature(torch.optim.AdamW).parameters
+    assert p.train.weight_decay == adamw["weight_decay"].default
+    assert p.train.clip_grad == 0 and p.loss.name == "softmax" and p.model.input_norm == "none"
+    assert not p.train.augment.specaugment and p.train.augment.noise_dir is None
+
+
+def homework_lr_lambda(current_step, num_warmup_steps=1000, num_training_steps=70000,
+                       num_cycles=0.5):
+    """The sample code's get_cosine_schedule_with_warmup factor."""
+    if current_step < num_warmup_steps:
+        return float(current_step) / float(max(1, num_warmup_steps))
+    progress = float(current_step - num_warmup_steps) / float(
+        max(1, num_training_steps - num_warmup_steps)
+    )
+    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * float(num_cycles) * 2.0 * progress)))
+
+
+def test_recipe_schedule_is_the_homeworks_but_one_warmup_step_ahead():
+    from spkid.training import warmup_cosine
+    t = recipe_params("hw4_best").train
+    ours = warmup_cosine(t.warmup_steps, t.steps)
+    steps = np.arange(t.steps)
+    # Optimizer step k uses factor(k) in both loops (LambdaLR); spkid's warmup starts at
+    # 1/warmup where the homework's first step has lr 0.
+    theirs = [homework_lr_lambda(k + 1 if k < t.warmup_steps else k) for k in steps]
+    np.testing.assert_allclose([ours(k) for k in steps], theirs, rtol=0, atol=1e-12)
+
+
+def test_transformer_norm_placement_respects_padding():
+    torch.manual_seed(0)
+    net = make_net(encoder="transformer", pooling="mean", norm="post",
+                   **ENCODER_SETTINGS["transformer"]).eval()
+    assert not net.encoder.layers.layers[0].norm_first
+    lengths = [13, 5]
+    x, mask = padded_batch(lengths)
+    with torch.no_grad():
+        emb = net.embed(x, mask)
+        for i, n in enumerate(lengths):
+            torch.testing.assert_close(emb[i:i + 1], net.embed(x[i:i + 1, :n], mask[i:i + 1, :n]),
+                                       rtol=1e-4, atol=1e-5)
+
+
+def test_model_json_without_norm_builds_pre_norm():
+    from spkid.checkpoint import build_model
+    model = make_params(encoder="transformer", **ENCODER_SETTINGS["transformer"]).model.to_dict()
+    del model["norm"]
+    net = build_model({"model": model, "loss": {"name": "softmax"}, "n_mels": N_MELS,
+                       "speakers": ["a", "b"]})
+    assert net.encoder.layers.layers[0].norm_first
 
 
 def test_parse_override_reads_values_as_yaml():

@@ -32,7 +32,10 @@ class ConformerEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         lengths = mask.sum(dim=1)
-        self._mask = mask
+        # Training crops are unpadded: multiplying by ones would only cost a pass over the
+        # activations (and its backward) per layer. torchaudio waits for lengths.max() at the
+        # same point of every forward, so waiting for this check costs next to nothing more.
+        self._mask = None if bool(mask.all()) else mask
         try:
             out, _ = self.conformer(self.prenet(x), lengths)
         finally:

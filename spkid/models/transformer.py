@@ -1,4 +1,8 @@
-"""The HW4 baseline encoder: a linear prenet, then a stack of Transformer encoder layers."""
+"""The HW4 baseline encoder: a linear prenet, then a stack of Transformer encoder layers.
+
+`model.norm` places each layer's LayerNorms: `post` (after each residual sum) is PyTorch's
+default and what the HW4 sample code trains; `pre` (before each sublayer) trains more
+stably in deeper stacks and is spkid's default."""
 
 from __future__ import annotations
 
@@ -13,8 +17,10 @@ class TransformerEncoder(nn.Module):
     def __init__(self, n_mels: int, m):
         super().__init__()
         self.prenet = nn.Linear(n_mels, m.d_model)
+        # A model.json written before model.norm existed describes a pre-norm model.
+        norm = getattr(m, "norm", "pre")
         layer = nn.TransformerEncoderLayer(m.d_model, m.heads, m.ffn_dim, m.dropout,
-                                           batch_first=True, norm_first=True)
+                                           batch_first=True, norm_first=norm == "pre")
         # Nested tensors would change output shapes with padding; keep dense tensors.
         self.layers = nn.TransformerEncoder(layer, m.layers, enable_nested_tensor=False)
         self.out_dim = m.d_model
