@@ -33,7 +33,8 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from spkid.recipes import parse_override  # noqa: E402
-from spkid.training import autocast, pick_device, warmup_cosine  # noqa: E402
+from spkid.device import autocast, pick_device  # noqa: E402
+from spkid.training import warmup_cosine  # noqa: E402
 from tests.hw4_homework import (HW4_SPEAKERS, HomeworkBest, load_homework_weights,  # noqa: E402
                                 recipe_net, recipe_params)
 
