@@ -159,3 +159,17 @@ def test_torchrun_two_cpu_processes_gloo(prepared, tmp_path):
     assert metrics["steps"] == 20
     state = torch.load(work / "data/model/model.pt", weights_only=True)
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+def test_an_empty_test_role_is_reported_not_a_traceback(tmp_path):
+    """index.test_fraction 0 is allowed: evaluate reports the empty role with null metrics."""
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({
+        "data": PARAMS["data"], "index": {"val_fraction": 0.2, "test_fraction": 0.0},
+        "model": {"channels": 16, "embedding_dim": 16},
+        "train": {"steps": 6, "batch_size": 8, "valid_every": 3, "warmup_steps": 2}}))
+    for stage in ("download", "features", "index", "train"):
+        spkid(tmp_path, stage)
+    out = spkid(tmp_path, "evaluate").stdout
+    assert "test: top1 n/a, EER n/a" in out
+    test = json.loads((tmp_path / "metrics/eval.json").read_text())["test"]
+    assert test["utterances"] == 0 and test["accuracy_top1"] is None and test["eer"] is None
