@@ -73,16 +73,18 @@ def check_samples(path: str | Path, samples: np.ndarray) -> None:
 
 
 def resample(wave: np.ndarray, orig_sr: int, sample_rate: int) -> np.ndarray:
+    """The wave at `sample_rate`: float32 when no resampling is needed, else float64, in
+    which the filter runs so that no CPU-dependent float32 rounding reaches the features."""
     if orig_sr == sample_rate:
         return np.ascontiguousarray(wave, dtype=np.float32)
     import torch
-    out = _resampler(orig_sr, sample_rate)(torch.from_numpy(np.ascontiguousarray(wave)))
-    return out.numpy().astype(np.float32, copy=False)
+    return _resampler(orig_sr, sample_rate)(torch.from_numpy(wave.astype(np.float64))).numpy()
 
 
 @lru_cache(maxsize=16)
 def _resampler(orig_sr: int, sample_rate: int):
-    return require_torchaudio().transforms.Resample(orig_sr, sample_rate)
+    import torch
+    return require_torchaudio().transforms.Resample(orig_sr, sample_rate, dtype=torch.float64)
 
 
 def write_wav(path: str | Path, wave: np.ndarray, sample_rate: int) -> None:

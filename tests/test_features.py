@@ -1,7 +1,11 @@
 import numpy as np
 import pytest
 
-from spkid.features import LOG_FLOOR, LogMelExtractor, pad_to_min_length
+import os
+import subprocess
+import sys
+
+from spkid.features import CHUNK_FRAMES, LOG_FLOOR, LOG_STEP, LogMelExtractor, pad_to_min_length
 
 
 def hz_to_mel(f):
@@ -32,7 +36,7 @@ def numpy_log_mel(wave, sr, n_fft, hop, n_mels, f_min, f_max):
 @pytest.mark.parametrize("n_mels,f_min,f_max", [(40, 0.0, None), (64, 50.0, 7000.0)])
 def test_log_mel_matches_numpy_reference(n_mels, f_min, f_max):
     sr = 16000
-    t = np.arange(int(0.73 * sr)) / sr
+    t = np.arange(int(0.01 * (CHUNK_FRAMES + 211) * sr)) / sr  # more than one chunk
     rng = np.random.default_rng(1)
     wave = (0.5 * np.sin(2 * np.pi * 440 * t) + 0.2 * np.sin(2 * np.pi * 2500 * t)
             + 0.01 * rng.standard_normal(len(t))).astype(np.float32)
@@ -40,7 +44,10 @@ def test_log_mel_matches_numpy_reference(n_mels, f_min, f_max):
     ours = ext([wave])[0]
     ref = numpy_log_mel(wave, sr, 400, 160, n_mels, f_min, f_max or sr / 2)
     assert ours.shape == ref.shape == (1 + len(wave) // 160, n_mels)
-    np.testing.assert_allclose(ours, ref, atol=2e-3, rtol=1e-4)
+    # Computed in float64 and rounded to the LOG_STEP grid: within half a step of the
+    # float64 reference, and on the grid.
+    np.testing.assert_allclose(ours, ref, atol=LOG_STEP / 2 + 1e-9, rtol=0)
+    np.testing.assert_array_equal(ours / LOG_STEP, np.round(ours / LOG_STEP))
     # The loudest band is the one holding 440 Hz.
     edges = mel_to_hz(np.linspace(hz_to_mel(f_min), hz_to_mel(f_max or sr / 2), n_mels + 2))
     band = int(np.argmax(ours[5:-5].mean(axis=0)))
@@ -55,6 +62,34 @@ def test_batch_does_not_change_features():
     alone = ext([short])
     assert together[1].shape == (1 + 5000 // 160, 40)
     np.testing.assert_array_equal(together[1], alone[0])
+
+
+_DIGEST = """
+import hashlib, sys, numpy as np, torch
+torch.set_num_threads(int(sys.argv[1]))
+from spkid.audio import resample
+from spkid.features import LogMelExtractor
+rng = np.random.default_rng(7)
+t = np.arange(22050 * 9) / 22050
+wave = (0.3 * np.sin(2 * np.pi * 180 * t * (1 + 0.1 * np.sin(t))) + 0.05 * rng.standard_normal(len(t))).astype(np.float32)
+feats = LogMelExtractor()([resample(wave, 22050, 16000), wave[:5000]])
+print(torch.backends.cpu.get_cpu_capability(), hashlib.sha256(b"".join(f.tobytes() for f in feats)).hexdigest())
+"""
+
+
+def test_features_are_the_same_bytes_on_every_code_path():
+    """What differs between x86 CPUs is which kernels run: torch's plain or vectorised
+    (AVX2, AVX-512) ones and MKL's FFT and matrix code for the instruction set found. Both
+    can be forced here, so a machine runs every path another CPU would take."""
+    runs = []
+    for threads, env in [(1, {}), (2, {"ATEN_CPU_CAPABILITY": "default",
+                                       "MKL_ENABLE_INSTRUCTIONS": "SSE4_2"}),
+                         (1, {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"})]:
+        out = subprocess.run([sys.executable, "-c", _DIGEST, str(threads)], capture_output=True,
+                             text=True, env={**os.environ, **env}, check=True).stdout.split()
+        runs.append(out)
+    assert runs[1][0] == "DEFAULT" and runs[0][0] != "DEFAULT"  # the paths really differed
+    assert len({digest for _, digest in runs}) == 1, runs
 
 
 def test_silence_stays_finite_and_tiny_clip_works():
