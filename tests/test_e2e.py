@@ -116,6 +116,22 @@ def test_repro_then_experiment(repo):
     assert "[train]" not in again.stdout and "is current" in again.stdout
     commit(path, env, "baseline results")
 
+    # Another machine gets the committed results from a DVC remote without running a stage.
+    remote, clone = path.parent / f"{path.name}-remote", path.parent / f"{path.name}-clone"
+    run(["dvc", "remote", "add", "-d", "storage", str(remote)], path, env)
+    commit(path, env, "a DVC remote")
+    run(["dvc", "push"], path, env)
+    run(["git", "clone", "-q", str(path), str(clone)], path.parent, env)
+    run(["dvc", "pull"], clone, env)
+    assert read_metrics(clone) == base
+    for out_file in ("data/export/model/model.pt", "data/export/submission.csv",
+                     "data/model/model.pt", "data/index/segments.parquet", shard.relative_to(path)):
+        assert (clone / out_file).read_bytes() == (path / out_file).read_bytes(), out_file
+    pulled = run(["dvc", "repro"], clone, env)
+    assert "is current" in pulled.stdout and not any(
+        f"[{stage}]" in pulled.stdout for stage in ("features", "index", "train", "evaluate", "export"))
+    shutil.rmtree(clone)
+
     # Determinism: training again on the same params gives the very same model.
     lock_before = yaml.safe_load((path / "dvc.lock").read_text())["stages"]["train"]["outs"]
     run(["dvc", "repro", "--force", "--single-item", "train"], path, env)
