@@ -6,11 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from spkid import metrics
-
-
-def cosine_scores(emb: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
-    unit = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-    return np.einsum("nd,nd->n", unit[i], unit[j])
+from spkid.score_norm import cosine_scores
 
 
 def verification(scores: np.ndarray, labels: np.ndarray) -> tuple[dict, dict]:

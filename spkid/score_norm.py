@@ -10,8 +10,9 @@
   With top_n at least the cohort size it is plain s-norm. The cohort is centred with the
   same training mean when mean subtraction is on.
 
-Numpy only, on plain arrays; the evaluate stage embeds the training utterances and the
-exported model folder carries `score_norm.npz` so `spkid verify` scores the same way.
+Numpy only, on plain arrays; spkid.evaluation scores with it. The evaluate stage embeds
+the training utterances, and the exported model folder carries `score_norm.npz`, so that
+`spkid verify` scores as evaluate measured.
 """
 
 from __future__ import annotations
@@ -22,13 +23,23 @@ from pathlib import Path
 import numpy as np
 
 from spkid.errors import DataError
-from spkid.evaluation import cosine_scores
 
 FILE = "score_norm.npz"
 # Cohort scores are computed this many embeddings at a time: memory O(rows x cohort).
 _ROWS = 4096
 # A standard deviation of the top cohort scores below this is treated as this (ties).
 _MIN_STD = 1e-6
+
+
+def shipped_threshold(report: dict, kind: str | None) -> float | None:
+    """The EER threshold of the normalised score `kind` (None = raw cosine) that a model is
+    exported with: val's, else test's (the val split chose the model), from metrics/eval.json."""
+    for role in ("val", "test"):
+        scores = report.get(role, {})
+        scores = scores.get(kind, {}) if kind else scores
+        if scores.get("eer_threshold") is not None:
+            return scores["eer_threshold"]
+    return None
 
 
 def cohort_sample(speaker_ids, per_speaker: int, seed: int) -> np.ndarray:
@@ -57,6 +68,12 @@ def speaker_means(emb: np.ndarray, speaker_ids) -> np.ndarray:
 def _unit(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, np.float64)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def cosine_scores(emb: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Raw cosine scores of trials (i[k], j[k]) over embeddings `emb`."""
+    unit = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    return np.einsum("nd,nd->n", unit[i], unit[j])
 
 
 def cohort_stats(emb: np.ndarray, cohort: np.ndarray, top_n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -132,6 +149,13 @@ class ScoreNorm:
             a, b = inverse[:len(i)], inverse[len(i):]
             out["asnorm"] = 0.5 * ((s - mu[a]) / sd[a] + (s - mu[b]) / sd[b])
         return out
+
+    def decision_scores(self, emb: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+        """The scores a model exported with this normalisation decides with, for trials over
+        centred embeddings: AS-norm when there is a cohort, else the cosine."""
+        if self.cohort is None:
+            return cosine_scores(emb, i, j)
+        return self.scores(emb, i, j, centred=True)["asnorm"]
 
     def save(self, folder: str | Path) -> None:
         from spkid.atomic import atomic_path
