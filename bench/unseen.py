@@ -159,23 +159,22 @@ def _training(overrides: dict) -> dict:
     return {k: v for k, v in overrides.items() if not k.startswith("evaluate.")}
 
 
-def _agg(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.4f}"
-    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+def _stat(values: list[float], scale: float = 1.0, digits: int = 3) -> str:
+    values = [scale * v for v in values]
+    spread = f" ± {statistics.stdev(values):.{digits}f}" if len(values) > 1 else ""
+    return f"{statistics.mean(values):.{digits}f}{spread}"
 
 
 def print_table(results: dict) -> None:
-    print("| configuration | score | seeds | unseen EER | minDCF p0.01 | minDCF p0.05 | train s |")
+    """Markdown: unseen-speaker EER in % and minDCF, mean ± std over seeds."""
+    print("| configuration | score | seeds | unseen EER % | minDCF p0.01 | minDCF p0.05 | train s |")
     print("|---|---|---|---|---|---|---|")
     for name, r in results.items():
-        runs = r["runs"]
-        if not runs:
-            continue
-        get = lambda k: [x["verify"][k] for x in runs]  # noqa: E731
-        print(f"| {name} | {r['score']} | {len(runs)} | {_agg(get('eer'))} | "
-              f"{_agg(get('min_dcf_p01'))} | {_agg(get('min_dcf_p05'))} | "
-              f"{statistics.mean(x['train_seconds'] for x in runs):.0f} |")
+        if r["runs"]:
+            cols = [[x["verify"][k] for x in r["runs"]] for k in ("eer", "min_dcf_p01", "min_dcf_p05")]
+            wall = statistics.mean(x["train_seconds"] for x in r["runs"])
+            print(f"| {name} | {r['score']} | {len(r['runs'])} | {_stat(cols[0], 100, 2)} | "
+                  f"{_stat(cols[1])} | {_stat(cols[2])} | {wall:.0f} |")
 
 
 if __name__ == "__main__":
