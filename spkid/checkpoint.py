@@ -63,16 +63,21 @@ def save_model_dir(folder: str | Path, state_dict: dict | None, config: dict) ->
     write_json(Path(folder) / CONFIG, config)
 
 
+def read_config(path: str | Path) -> dict:
+    """A model folder's model.json; a missing or broken one is a DataError naming it."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path}: not found (train a model first)") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
+
+
 def load_model_dir(folder: str | Path, device: str | torch.device = "cpu"):
     """(model in eval mode, config). Weights are loaded with weights_only=True: a model
     directory may come from a stranger."""
     folder = Path(folder)
-    try:
-        config = json.loads((folder / CONFIG).read_text())
-    except FileNotFoundError:
-        raise DataError(f"{folder / CONFIG}: not found (train a model first)") from None
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{folder / CONFIG}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
+    config = read_config(folder / CONFIG)
     try:
         state = torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True)
     except FileNotFoundError:

@@ -6,11 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from spkid import metrics
-
-
-def cosine_scores(emb: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
-    unit = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-    return np.einsum("nd,nd->n", unit[i], unit[j])
+from spkid.score_norm import cosine_scores
 
 
 def verification(scores: np.ndarray, labels: np.ndarray) -> tuple[dict, dict]:
@@ -24,28 +20,40 @@ def verification(scores: np.ndarray, labels: np.ndarray) -> tuple[dict, dict]:
 
 
 def score_role(emb: np.ndarray, true_rank: np.ndarray, speaker_ids: np.ndarray, *, seed: int,
-               nontarget_ratio: float, max_trials: int) -> tuple[dict, dict | None]:
+               nontarget_ratio: float, max_trials: int, norm=None) -> tuple[dict, dict | None]:
     """Accuracy (from each view's rank of its true class) plus verification over all
-    same-speaker pairs and sampled different ones. An empty role has null metrics."""
+    same-speaker pairs and sampled different ones. An empty role has null metrics.
+    `norm` (a spkid.score_norm.ScoreNorm) adds the normalised scores' metrics beside."""
     n = len(speaker_ids)
     out = {"utterances": int(n),
            "accuracy_top1": float(np.mean(true_rank < 1)) if n else None,
            "accuracy_top5": float(np.mean(true_rank < 5)) if n else None}
     i, j, labels = metrics.sample_trials(list(speaker_ids), seed, nontarget_ratio, max_trials)
-    result, det = score_trials(emb, i, j, labels)
+    result, det = score_trials(emb, i, j, labels, norm)
     out.update(result)
     return out, det
 
 
-def score_trials(emb: np.ndarray, i: np.ndarray, j: np.ndarray, labels: np.ndarray
+def score_trials(emb: np.ndarray, i: np.ndarray, j: np.ndarray, labels: np.ndarray, norm=None
                  ) -> tuple[dict, dict | None]:
-    """Verification metrics of given trials; null metrics when one kind of trial is missing."""
+    """Verification metrics of given trials; null metrics when one kind of trial is missing.
+    With `norm` (spkid.score_norm.ScoreNorm), the metrics of each normalised score go
+    beside the raw cosine ones, under its name ("mean_sub", "asnorm"); the DET curve is
+    the raw one."""
     labels = np.asarray(labels, np.int64)
+    result, det = _verify_scores(cosine_scores(emb, i, j), labels)
+    if norm is not None:
+        for name, scores in norm.scores(emb, i, j).items():
+            result[name] = _verify_scores(scores, labels)[0]
+    return result, det
+
+
+def _verify_scores(scores: np.ndarray, labels: np.ndarray) -> tuple[dict, dict | None]:
     if labels.sum() == 0 or labels.sum() == len(labels):
         # Verification needs both kinds of trial; say so instead of inventing a number.
         return {"eer": None, "min_dcf_p01": None, "min_dcf_p05": None,
                 "trials": int(len(labels)), "target_trials": int(labels.sum())}, None
-    return verification(cosine_scores(emb, i, j), labels)
+    return verification(scores, labels)
 
 
 # --- raw audio -> embeddings ---------------------------------------------------------------

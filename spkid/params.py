@@ -139,6 +139,10 @@ SCHEMA: dict[str, Any] = {
                                "from its middle (0 = whole)", min=0),
         "clip_grad": _f("float", 5.0, "clip the gradient norm to this (0 = off)", min=0),
         "checkpoint_every": _f("int", 100, "save a resumable checkpoint every N steps", min=1),
+        "average_last": _f("int", 0, "data/model is the average of the weights at the last N "
+                           "validations (0 or 1 = the best single one); averages usually "
+                           "generalise better to unseen speakers, and metrics/train.json "
+                           "gives the val accuracy of both", min=0),
         "compile": _f("bool", False, "torch.compile the model (CUDA only; ignored on CPU)"),
         "augment": {
             "specaugment": _f("bool", False, "random time and frequency masks"),
@@ -159,6 +163,13 @@ SCHEMA: dict[str, Any] = {
         "max_trials": _f("int", 200000, "cap on trials per role", min=2),
         "batch_frames": _f("int", 20000, "padded frames per evaluation batch", min=1),
         "trials": _f("str", None, "VoxCeleb-style trial list scored as unseen-speaker verification", nullable=True),
+        "subtract_mean": _f("bool", False, "also score with the training-set mean embedding "
+                            "subtracted (\"mean_sub\" in metrics/eval.json)"),
+        "asnorm_top_n": _f("int", 0, "also score with adaptive s-norm against the training "
+                           "speakers, from each side's top N cohort scores (\"asnorm\"; 0 = off; "
+                           "WeSpeaker: 300 of 5994 speakers)", min=0),
+        "cohort_per_speaker": _f("int", 20, "training utterances embedded per speaker for the "
+                                 "mean and the AS-norm cohort, a seeded sample (0 = all)", min=0),
     },
 }
 
@@ -279,6 +290,8 @@ _CROSS_CHECKS: list[tuple[str, Callable[[dict], bool], str]] = [
      "must lie in (features.f_min, features.sample_rate / 2]"),
     ("data.path", lambda p: p["data"]["source"] not in ("hw4", "audio_dir") or bool(p["data"]["path"]),
      "is required when data.source is hw4 or audio_dir"),
+    ("evaluate.asnorm_top_n", lambda p: p["evaluate"]["asnorm_top_n"] != 1,
+     "must be 0 (off) or >= 2 (a standard deviation needs two scores)"),
     ("data.url", lambda p: p["data"]["source"] != "url" or bool(p["data"]["url"]),
      "is required when data.source is url"),
 ]

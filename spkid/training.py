@@ -95,8 +95,10 @@ def train(model, batches, val_views, store: FeatureStore, t, *, device: torch.de
           save_checkpoint: Callable[[dict], None] = lambda snapshot: None,
           resume: dict | None = None, margin_at: Callable[[int], float | None] = lambda step: None,
           augment: Callable = lambda x, mask: x, log: Callable[[dict, int], None] = lambda m, s: None,
+          save_validated: Callable[[dict, int], None] | None = None,
           rank: int = 0, world: int = 1, progress: bool = True) -> TrainResult:
     """Run optimizer steps up to `t.steps` (t: the train params); `batches[k]` is batch k.
+    `save_validated(state_dict, step)`, when given, receives the weights at each validation.
 
     With `world` > 1 the model is wrapped in DistributedDataParallel; rank 0 alone
     validates, logs and saves."""
@@ -130,8 +132,7 @@ def train(model, batches, val_views, store: FeatureStore, t, *, device: torch.de
         # dropout and augmentation use, or a resumed run would drift from an uninterrupted one.
         generator=torch.Generator().manual_seed(t.seed))
     # Validation during training scores a bounded sample; `evaluate` scores every view.
-    val_views = subset_views(val_views, t.valid_utterances, t.seed)
-    val_labels = np.asarray(val_views["speaker_id"], np.int64) if len(val_views["speaker_id"]) else None
+    val_views, val_labels = validation_views(val_views, t)
 
     bar = tqdm(total=t.steps, initial=state.step, desc="train", unit="step",
                disable=not progress or rank != 0)
@@ -160,7 +161,7 @@ def train(model, batches, val_views, store: FeatureStore, t, *, device: torch.de
         if rank == 0 and (step % t.valid_every == 0 or step == t.steps):
             started = time.perf_counter()
             _validate(model, state, store, val_views, val_labels, batch_frames,
-                      t.valid_max_frames, device, optimizer, save_best, log)
+                      t.valid_max_frames, device, optimizer, save_best, log, save_validated)
             state.validation_seconds += time.perf_counter() - started
             bar.set_postfix(loss=f"{state.final_train_loss:.3f}",
                             val=f"{state.history[-1].get('val/accuracy', float('nan')):.3f}")
@@ -188,24 +189,41 @@ def trim_curves(folder, step: int) -> None:
             write_text(path, "\n".join([lines[0], *kept]) + "\n")
 
 
+def validation_views(val_views: dict, t) -> tuple[dict, np.ndarray | None]:
+    """(views, labels) scored at each validation: the seeded subset `t.valid_utterances`;
+    labels None when there is no val split."""
+    val_views = subset_views(val_views, t.valid_utterances, t.seed)
+    labels = np.asarray(val_views["speaker_id"], np.int64) if len(val_views["speaker_id"]) else None
+    return val_views, labels
+
+
+def validation_accuracy(model, store, val_views, val_labels, batch_frames, max_frames, device
+                        ) -> float:
+    """Closed-set accuracy on the views of validation_views, as training measures it."""
+    scored = embed_views(model, store, val_views, batch_frames, device, max_frames=max_frames)
+    return float((scored.predicted == val_labels).mean())
+
+
 def _validate(model, state: TrainResult, store, val_views, val_labels, batch_frames, max_frames,
-              device, optimizer, save_best, log) -> None:
+              device, optimizer, save_best, log, save_validated=None) -> None:
     loss_sum, acc_sum, n = state.window
     state.window = [0.0, 0.0, 0]
     metrics = {"train/loss": float(loss_sum) / n, "train/accuracy": float(acc_sum) / n,
                "lr": optimizer.param_groups[0]["lr"]}
     if val_labels is not None:
-        scored = embed_views(model, store, val_views, batch_frames, device,
-                             max_frames=max_frames)
-        metrics["val/accuracy"] = float((scored.predicted == val_labels).mean())
+        metrics["val/accuracy"] = validation_accuracy(model, store, val_views, val_labels,
+                                                      batch_frames, max_frames, device)
     log(metrics, state.step)
     state.history.append({"step": state.step, **metrics})
     state.final_train_loss, state.final_train_accuracy = metrics["train/loss"], metrics["train/accuracy"]
     # Without a val split the last model is the best we can tell.
     score = metrics.get("val/accuracy", state.step)
+    weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     if score > state.best_val_accuracy:
         state.best_val_accuracy, state.best_step = score, state.step
-        save_best({k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+        save_best(weights)
+    if save_validated is not None:
+        save_validated(weights, state.step)
 
 
 def _snapshot(model, optimizer, schedule, scaler, state: TrainResult, device) -> dict:

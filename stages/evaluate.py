@@ -14,18 +14,19 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from spkid.atomic import write_json
+from spkid.atomic import atomic_dir, write_json
 from spkid.checkpoint import load_model_dir
 from spkid.index import read_views
 from spkid.evaluation import embed_audio_files, extractor_for_model, score_role, score_trials
 from spkid.manifest import read_manifest
 from spkid.params import load_params
+from spkid.score_norm import ScoreNorm
 from spkid.shards import open_features
 from spkid.sources.verify import verification_trials
 from spkid.device import pick_device
 from spkid.training import embed_views
 from stages.common import ParamsOption, exclusive, one_line_errors, summary
-from stages.layout import DET_DIR, EVAL_METRICS, FEATURES, MODEL, VERIFY, VIEWS
+from stages.layout import DET_DIR, EVAL_METRICS, FEATURES, MODEL, SCORE_NORM, VERIFY, VIEWS
 
 app = typer.Typer(add_completion=False)
 ROLES = ("val", "test")
@@ -43,14 +44,20 @@ def evaluate(params: Path = ParamsOption):
     views = read_views(VIEWS, ROLES)
     store = open_features(FEATURES)
     report = {}
+    # Score normalisation (issue 9): training mean / AS-norm cohort, kept for export.
+    train = read_views(VIEWS, ["train"])["train"]
+    norm = ScoreNorm.from_views(p.evaluate, train, lambda v: embed_views(
+        model, store, v, p.evaluate.batch_frames, device).embeddings)
+    with atomic_dir(SCORE_NORM) as tmp:
+        norm.save(tmp)
     for role, part in views.items():
         scored = embed_views(model, store, part, p.evaluate.batch_frames, device,
                              labels=part["speaker_id"])
         report[role], curve = score_role(
             scored.embeddings, scored.true_rank, np.asarray(part["speaker_id"]), seed=p.evaluate.seed,
-            nontarget_ratio=p.evaluate.nontarget_ratio, max_trials=p.evaluate.max_trials)
+            nontarget_ratio=p.evaluate.nontarget_ratio, max_trials=p.evaluate.max_trials, norm=norm)
         _write_det(role, curve)
-    verify = _verify(p, model, config, device)
+    verify = _verify(p, model, config, device, norm)
     if verify is not None:
         report["verify"], curve = verify
         _write_det("verify", curve)
@@ -62,6 +69,8 @@ def evaluate(params: Path = ParamsOption):
     if verify is not None:
         v = report["verify"]
         text += f"; verify: EER {_pct(v['eer'])} over {v['trials']} trials"
+        if norm.kind:
+            text += f" ({norm.kind} {_pct(v[norm.kind]['eer'])})"
     summary("evaluate", text, time.perf_counter() - started)
 
 
@@ -70,7 +79,7 @@ def _write_det(name: str, curve: dict | None) -> None:
         {"fpr": a, "fnr": b} for a, b in zip(curve["fpr"], curve["fnr"])] if curve else []})
 
 
-def _verify(p, model, config: dict, device) -> tuple[dict, dict | None] | None:
+def _verify(p, model, config: dict, device, norm) -> tuple[dict, dict | None] | None:
     """Verification metrics on the unseen-speaker audio, or None when none is configured."""
     if not VERIFY.exists():
         return None
@@ -90,7 +99,7 @@ def _verify(p, model, config: dict, device) -> tuple[dict, dict | None] | None:
     emb[used] = embed_audio_files(model, extractor_for_model(config["features"]),
                                   [rows[k].path for k in used], p.evaluate.batch_frames,
                                   device, progress=sys.stderr.isatty())
-    result, curve = score_trials(emb, i, j, labels)
+    result, curve = score_trials(emb, i, j, labels, norm)
     result["recordings"] = int(len(used))
     speakers = {rows[k].speaker for k in used if rows[k].speaker is not None}
     if speakers:

@@ -12,12 +12,15 @@ from spkid.atomic import atomic_dir
 from spkid.checkpoint import load_model_dir, save_model_dir
 from spkid.index import read_views
 from spkid.export import provenance, write_submission
+from spkid.onnx_export import ONNX_FILE, export_onnx, missing as onnx_missing
 from spkid.params import load_params
+from spkid.score_norm import ScoreNorm, shipped_threshold
 from spkid.shards import open_features
 from spkid.device import pick_device
 from spkid.training import embed_views
 from stages.common import ParamsOption, exclusive, one_line_errors, summary
-from stages.layout import EVAL_METRICS, EXPORT, EXPORT_MODEL, FEATURES, MODEL, SUBMISSION, VIEWS
+from stages.layout import (EVAL_METRICS, EXPORT, EXPORT_MODEL, FEATURES, MODEL, SCORE_NORM,
+                           SUBMISSION, VIEWS)
 
 app = typer.Typer(add_completion=False)
 
@@ -36,15 +39,22 @@ def export(params: Path = ParamsOption):
     scored = embed_views(model, store, submit, p.evaluate.batch_frames, device)
     predicted = [config["speakers"][k] for k in scored.predicted]
     scores = json.loads(EVAL_METRICS.read_text())
-    # The val split chose the model, so its EER threshold is the operating point we ship.
-    threshold = next((scores[r]["eer_threshold"] for r in ("val", "test")
-                      if scores.get(r, {}).get("eer_threshold") is not None), None)
+    # The val split chose the model, so its EER threshold is the operating point we ship,
+    # of the score normalised as evaluate measured it (issue 9).
+    norm = ScoreNorm.load(SCORE_NORM)
+    threshold = shipped_threshold(scores, norm.kind)
     with atomic_dir(EXPORT) as tmp:
         write_submission(tmp / SUBMISSION.name, submit["utterance_id"], predicted)
         state = {k: v.cpu() for k, v in model.state_dict().items()}
         save_model_dir(tmp / EXPORT_MODEL.name, state, {
             **config, "eer_threshold": threshold, "threshold_from": "val EER",
-            **provenance()})
+            "score": norm.kind or "cosine", **provenance()})
+        if norm.kind:
+            norm.save(tmp / EXPORT_MODEL.name)
+        if onnx_missing() is None:  # ONNX export (issue 9): the embedding graph
+            export_onnx(model, tmp / EXPORT_MODEL.name / ONNX_FILE, config["n_mels"], norm.mean)
+        else:
+            print(f"[export] no {ONNX_FILE}: {onnx_missing()}")
     summary("export", f"{len(predicted)} submission rows, model with threshold "
             f"{threshold if threshold is None else round(threshold, 4)}",
             time.perf_counter() - started)

@@ -17,33 +17,34 @@ import typer
 
 from spkid.atomic import atomic_path
 from spkid.audio import AUDIO_SUFFIXES
-from spkid.checkpoint import load_model_dir
 from spkid.errors import DataError
 from spkid.evaluation import embed_audio_files, extractor_for_model
+from spkid.onnx_export import load_embedder
 from spkid.sources.audio_dir import find_audio
 from spkid.device import pick_device
 from stages.common import one_line_errors
 from stages.layout import EXPORT_MODEL
 
 app = typer.Typer(add_completion=False)
-ModelOption = typer.Option(EXPORT_MODEL, "--model", help="exported model folder")
+ModelOption = typer.Option(EXPORT_MODEL, "--model", help="exported model folder (PyTorch), or the "
+                           "model.onnx in it (ONNX Runtime)")
 DeviceOption = typer.Option("auto", "--device", help="auto | cpu | cuda")
 BATCH_FRAMES = 20000
 
 
 def _load(model_dir: Path, device: str):
-    device = pick_device(device)
-    model, config = load_model_dir(model_dir, device)
+    # norm: the score normalisation evaluate measured and export shipped (spkid.score_norm).
+    model, config, norm, device = load_embedder(model_dir, pick_device(device))
     if config["features"].get("precomputed"):
         print(f"spkid: warning: {model_dir} was trained on precomputed features; features "
               "extracted here from raw audio may not match the data set's extraction",
               file=sys.stderr)
-    return model, config, extractor_for_model(config["features"]), device
+    return model, config, extractor_for_model(config["features"]), device, norm
 
 
 def _embed(paths: list[Path], model_dir: Path, device: str):
-    model, config, extractor, device = _load(model_dir, device)
-    return embed_audio_files(model, extractor, paths, BATCH_FRAMES, device), model, config
+    model, config, extractor, device, norm = _load(model_dir, device)
+    return embed_audio_files(model, extractor, paths, BATCH_FRAMES, device), model, config, norm
 
 
 def _audio_files(inputs: list[Path]) -> list[tuple[Path, str | None]]:
@@ -84,7 +85,8 @@ def embed(inputs: list[Path] = typer.Argument(..., help="audio files and/or fold
     """Speaker embeddings of audio files -> Parquet (path, speaker, embedding)."""
     _check_writable(out)
     files = _audio_files(inputs)
-    emb, _, _ = _embed([f for f, _ in files], model, device)
+    emb, _, _, norm = _embed([f for f, _ in files], model, device)
+    emb = norm.center(emb)  # the embeddings as scored: minus the training mean when shipped
     table = pa.table({"path": [str(f) for f, _ in files], "speaker": [s for _, s in files],
                       "embedding": pa.array(list(emb), pa.list_(pa.float32()))})
     try:
@@ -100,19 +102,19 @@ def embed(inputs: list[Path] = typer.Argument(..., help="audio files and/or fold
 def verify(a: Path = typer.Argument(..., help="first recording"),
            b: Path = typer.Argument(..., help="second recording"),
            model: Path = ModelOption, device: str = DeviceOption):
-    """Cosine score of two recordings and a same/different decision at the EER threshold."""
+    """Score of two recordings (cosine, normalised as the model was exported) and a
+    same/different decision at the EER threshold."""
     for path in (a, b):
         if path.is_dir():
             raise DataError(f"{path}: is a folder (verify compares two recordings)")
         if not path.is_file():
             raise DataError(f"{path}: not found")
-    net, config, extractor, device = _load(model, device)
+    net, config, extractor, device, norm = _load(model, device)
     threshold = config.get("eer_threshold")
     if threshold is None:
         raise DataError(f"{model}: model.json has no eer_threshold (export a model that was evaluated)")
-    emb = embed_audio_files(net, extractor, [a, b], BATCH_FRAMES, device)
-    unit = emb / np.linalg.norm(emb, axis=1, keepdims=True).clip(1e-12)
-    score = float(unit[0] @ unit[1])
+    emb = norm.center(embed_audio_files(net, extractor, [a, b], BATCH_FRAMES, device))
+    score = float(norm.decision_scores(emb, np.array([0]), np.array([1]))[0])
     decision = "same" if score >= threshold else "different"
     print(f"score {score:.4f} threshold {threshold:.4f} -> {decision} speaker")
 
@@ -123,7 +125,10 @@ def predict(inputs: list[Path] = typer.Argument(..., help="audio files and/or fo
             model: Path = ModelOption, device: str = DeviceOption):
     """The closed-set speaker of each recording and its probability."""
     files = _audio_files(inputs)
-    emb, net, config = _embed([f for f, _ in files], model, device)
+    if model.suffix == ".onnx":
+        raise DataError(f"{model}: predict needs the PyTorch model folder (an ONNX graph "
+                        "outputs embeddings only)")
+    emb, net, config, _ = _embed([f for f, _ in files], model, device)
     with torch.no_grad():
         logits = net.head(torch.from_numpy(emb).to(next(net.parameters()).device))
         prob = torch.softmax(logits.float(), dim=1).cpu().numpy()

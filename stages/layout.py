@@ -15,6 +15,7 @@ SEGMENTS = INDEX / "segments.parquet"
 SPEAKERS = INDEX / "speakers.json"
 MODEL = Path("data/model")
 CHECKPOINTS = Path("data/checkpoints")  # resumable training state (persist: true)
+SCORE_NORM = Path("data/score_norm")  # training mean and AS-norm cohort (evaluate -> export)
 EXPORT = Path("data/export")
 SUBMISSION = EXPORT / "submission.csv"
 EXPORT_MODEL = EXPORT / "model"

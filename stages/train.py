@@ -21,16 +21,18 @@ import typer
 from spkid import distributed
 from spkid.atomic import atomic_dir, write_json
 from spkid.augment import NoiseAugment, SpecAugment, load_noise
+from spkid.averaging import ValidationCheckpoints, average_checkpoints
 from spkid.batching import SegmentBatches
 from spkid.checkpoint import (WEIGHTS, build_model, model_config, resumable, save_model_dir,
-                              save_torch)
+                              save_torch, save_weights)
 from spkid.errors import DataError
 from spkid.features import LogMelExtractor
 from spkid.index import read_views
 from spkid.losses import margin_schedule
 from spkid.params import load_params
 from spkid.shards import open_features, read_meta
-from spkid.training import train as fit, trim_curves
+from spkid.training import (train as fit, trim_curves, validation_accuracy,
+                            validation_views)
 from stages.common import ParamsOption, exclusive, one_line_errors, summary
 from stages.layout import (CHECKPOINTS, FEATURES, MODEL, SEGMENTS, SPEAKERS, TRAIN_LIVE,
                            TRAIN_METRICS, VIEWS)
@@ -104,13 +106,17 @@ def train(params: Path = ParamsOption):
         # Validations logged after this checkpoint will be logged again: drop them.
         trim_curves(TRAIN_LIVE, resume["progress"]["step"])
     live = _live(resume is not None) if rank == 0 else None
+    kept = ValidationCheckpoints(CHECKPOINTS, p.train.average_last)  # checkpoint averaging
+    if resume is not None and rank == 0:
+        kept.drop_after(resume["progress"]["step"])
 
     result = fit(model, batches, val, store, p.train, device=device,
                  batch_frames=p.evaluate.batch_frames, save_best=lambda state: save_torch(BEST, state),
                  save_checkpoint=lambda snap: save_torch(LAST, {**snap, "fingerprint": fingerprint}),
                  resume=resume,
                  margin_at=margin_schedule(p.loss), augment=_augmenter(p, device),
-                 log=lambda metrics, step: _log(live, metrics, step), rank=rank, world=world)
+                 log=lambda metrics, step: _log(live, metrics, step), rank=rank, world=world,
+                 save_validated=kept.save if kept.enabled else None)
     distributed.finish(world)
     if rank != 0:
         return
@@ -119,20 +125,42 @@ def train(params: Path = ParamsOption):
     (TRAIN_LIVE / "metrics.json").unlink(missing_ok=True)
     if not BEST.exists():
         raise DataError(f"{BEST}: training ended without a checkpoint")
+    averaged, average = None, {}
+    if kept.enabled:  # data/model is the average of the kept states, not the best single one
+        averaged, average = average_checkpoints(
+            kept, model, lambda m: _val_accuracy(p, m, val, store, device))
     with atomic_dir(MODEL) as tmp:
-        shutil.copyfile(BEST, tmp / WEIGHTS)
-        save_model_dir(tmp, None, {**config, "best_step": result.best_step})
+        if averaged is None:
+            shutil.copyfile(BEST, tmp / WEIGHTS)
+        else:
+            save_weights(tmp, averaged)
+        save_model_dir(tmp, None, {**config, "best_step": result.best_step, **average})
     write_json(TRAIN_METRICS, {
         "best_val_accuracy": result.best_val_accuracy, "best_step": result.best_step,
         "final_train_loss": result.final_train_loss,
         "final_train_accuracy": result.final_train_accuracy, "steps": result.step,
-        "parameters": sum(t.numel() for t in model.parameters())})
+        "parameters": sum(t.numel() for t in model.parameters()), **average})
     # A finished run leaves nothing to resume: a forced re-run trains again.
     LAST.unlink(missing_ok=True)
     BEST.unlink(missing_ok=True)
+    kept.clear()
     summary("train", f"{result.step} steps on {device} x{world}, best val accuracy "
             f"{result.best_val_accuracy:.3f} at step {result.best_step}; validation took "
-            f"{result.validation_seconds:.1f} s", time.perf_counter() - started)
+            f"{result.validation_seconds:.1f} s" + _averaged_text(average), time.perf_counter() - started)
+
+
+def _averaged_text(average: dict) -> str:
+    if not average:
+        return ""
+    acc = average["averaged_val_accuracy"]
+    return (f"; data/model averages the last {average['averaged_checkpoints']} validations"
+            + ("" if acc is None else f" (val accuracy {acc:.3f})"))
+
+
+def _val_accuracy(p, model, val, store, device) -> float | None:
+    views, labels = validation_views(val, p.train)
+    return None if labels is None else validation_accuracy(
+        model, store, views, labels, p.evaluate.batch_frames, p.train.valid_max_frames, device)
 
 
 def _live(resume: bool):

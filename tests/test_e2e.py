@@ -110,6 +110,10 @@ def test_repro_then_experiment(repo):
     assert isinstance(model_json["eer_threshold"], float)
     state = torch.load(path / "data/export/model/model.pt", weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in state.values())
+    # Raw cosine scores only by default; the ONNX graph when the onnx extra is installed.
+    assert "asnorm" not in base["val"] and model_json["score"] == "cosine"
+    from spkid.onnx_export import missing
+    assert (path / "data/export/model/model.onnx").exists() == (missing() is None)
 
     # Nothing changed: a second repro runs no stage but the cheap download check.
     again = run(["dvc", "repro"], path, env)
@@ -139,9 +143,17 @@ def test_repro_then_experiment(repo):
     assert lock_after == lock_before
     assert json.loads((path / "metrics" / "train.json").read_text()) == train_metrics
 
-    run(["dvc", "exp", "run", "-S", "loss.m=0.35"], path, env)
+    run(["dvc", "exp", "run", "-S", "loss.m=0.35", "-S", "evaluate.subtract_mean=true",
+         "-S", "evaluate.asnorm_top_n=3"], path, env)
     exp = read_metrics(path)
     assert exp != base, "a larger margin must change the metrics"
+    # Normalised scores beside the raw ones; export ships the normalisation and its threshold.
+    for role in ("val", "test"):
+        assert exp[role]["mean_sub"]["eer"] is not None and exp[role]["asnorm"]["eer"] is not None
+    shipped = json.loads((path / "data/export/model/model.json").read_text())
+    assert shipped["score"] == "asnorm"
+    assert shipped["eer_threshold"] == exp["val"]["asnorm"]["eer_threshold"]
+    assert (path / "data/export/model/score_norm.npz").exists()
     shown = json.loads(run(["dvc", "exp", "show", "--json"], path, env).stdout)
     margins = []
     for rev in shown:

@@ -108,6 +108,31 @@ def test_padding_invariance_with_cmn_and_tstp(encoder):
 
 
 @pytest.mark.parametrize("encoder", sorted(ENCODER_SETTINGS))
+def test_whole_utterance_embedding_ignores_its_batch_mates(encoder):
+    """Through the batching that evaluate, export and `spkid embed` use: an utterance's
+    embedding is the same alone, in one padded batch with all others, or in another order."""
+    from spkid.shards import FeatureStore
+    from spkid.training import embed_views
+    torch.manual_seed(2)
+    net = make_net(encoder=encoder, pooling="asp", **ENCODER_SETTINGS[encoder])
+    randomize_norms(net, seed=2)
+    rng = np.random.default_rng(2)
+    lengths = [31, 7, 52, 18, 52, 3]
+    mats = [rng.normal(size=(n, N_MELS)).astype(np.float32) for n in lengths]
+    ids = [f"u{k}" for k in range(len(mats))]
+    store = FeatureStore.from_matrices(ids, mats)
+
+    def embed(order, batch_frames):
+        views = {"source_id": [ids[k] for k in order], "start_frame": [0] * len(order),
+                 "num_frames": [lengths[k] for k in order]}
+        out = embed_views(net, store, views, batch_frames, torch.device("cpu")).embeddings
+        return out[np.argsort(order)]
+    together = embed(range(len(mats)), 10**6)
+    np.testing.assert_allclose(embed(range(len(mats)), 1), together, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(embed([4, 1, 5, 0, 3, 2], 100), together, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("encoder", sorted(ENCODER_SETTINGS))
 def test_every_parameter_gets_a_finite_gradient(encoder):
     torch.manual_seed(0)
     net = make_net(encoder=encoder, pooling="asp", **ENCODER_SETTINGS[encoder]).train()

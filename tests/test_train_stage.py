@@ -23,7 +23,10 @@ PARAMS = {
     # The default encoder (ECAPA-TDNN: BatchNorm statistics must resume too), small.
     "model": {"channels": 32, "embedding_dim": 32},
     "train": {"steps": 150, "batch_size": 16, "valid_every": 25, "warmup_steps": 10,
-              "checkpoint_every": 10, "augment": {"specaugment": True}},
+              "checkpoint_every": 10, "augment": {"specaugment": True},
+              # Checkpoint averaging over all six validations: the state of step 25, kept
+              # before the kill, must survive the resume.
+              "average_last": 6},
     "loss": {"margin_warmup": [20, 80]},
 }
 
@@ -59,6 +62,9 @@ def test_sigkill_then_resume_equals_uninterrupted_run(prepared, tmp_path):
     spkid(whole, "train")
     expected = json.loads((whole / "metrics/train.json").read_text())
     assert not (whole / "data/checkpoints/last.pt").exists()  # nothing left to resume
+    assert not list((whole / "data/checkpoints").glob("val-*.pt"))
+    assert (expected["averaged_checkpoints"], expected["averaged_from_step"]) == (6, 25)
+    assert 0 <= expected["averaged_val_accuracy"] <= 1 and expected["best_step"] > 0
 
     killed = fresh_copy(prepared, tmp_path / "killed")
     proc = subprocess.Popen([str(BIN / "spkid"), "train"], cwd=killed, env=env(),
@@ -80,6 +86,7 @@ def test_sigkill_then_resume_equals_uninterrupted_run(prepared, tmp_path):
     proc.wait()
     step = torch.load(last, weights_only=True)["progress"]["step"]
     assert 30 <= step < 150
+    assert (killed / "data/checkpoints/val-00000025.pt").exists()
     assert not (killed / "metrics/train.json").exists()
 
     out = spkid(killed, "train")  # SIGKILL left no stale lock

@@ -31,13 +31,17 @@ class ConformerEncoder(nn.Module):
         return (x * self._mask[:, None, :].to(x.dtype),)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        lengths = mask.sum(dim=1)
         # Training crops are unpadded: multiplying by ones would only cost a pass over the
-        # activations (and its backward) per layer. torchaudio waits for lengths.max() at the
-        # same point of every forward, so waiting for this check costs next to nothing more.
-        self._mask = None if bool(mask.all()) else mask
+        # activations (and its backward) per layer. An exported graph (ONNX) always masks:
+        # it cannot branch on the data.
+        exporting = torch.compiler.is_exporting() or torch.jit.is_tracing()
+        self._mask = mask if exporting or not bool(mask.all()) else None
         try:
-            out, _ = self.conformer(self.prenet(x), lengths)
+            # torchaudio's Conformer.forward, with the padding mask from `mask` rather than
+            # from lengths.max(): that would be a host sync and a constant in an exported graph.
+            h = self.prenet(x).transpose(0, 1)  # (T, B, D)
+            for layer in self.conformer.conformer_layers:
+                h = layer(h, ~mask)
         finally:
             self._mask = None
-        return out
+        return h.transpose(0, 1)
