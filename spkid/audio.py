@@ -1,9 +1,12 @@
-"""Reading audio: soundfile decodes (torchaudio.load needs torchcodec, which does not load
-everywhere), torchaudio resamples. Every failure names the file."""
+"""Reading audio: soundfile decodes what libsndfile reads (WAV, FLAC, Ogg, MP3), PyAV
+(FFmpeg's libraries, shipped inside its wheel) decodes the compressed formats libsndfile
+lacks, such as VoxCeleb2's m4a/AAC; torchaudio resamples. (torchaudio.load needs
+torchcodec, which does not load everywhere.) Every failure names the file."""
 
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -12,7 +15,12 @@ import soundfile as sf
 
 from spkid.errors import DataError, SpkidError
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
+SOUNDFILE_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
+PYAV_SUFFIXES = (".m4a", ".aac", ".mp4", ".opus", ".webm", ".wma")
+AUDIO_SUFFIXES = SOUNDFILE_SUFFIXES + PYAV_SUFFIXES
+# A compressed stream decodes to its header's length give or take the codec's priming and
+# padding (AAC: 1024-2048 samples); more missing than this is a truncated file.
+LENGTH_SLACK_SECONDS = 0.25
 
 # Full scale is 1. Float files can hold anything, and samples this large push the mel power
 # past float32's range (from about 1e18 at the default n_fft), so the log-mels would be inf;
@@ -37,6 +45,9 @@ def require_torchaudio():
 
 def audio_info(path: str | Path) -> tuple[float, int]:
     """(duration in seconds, sample rate) without decoding the samples."""
+    if decoded_by_pyav(path):
+        with _pyav_stream(path, "read audio header") as (_, stream):
+            return _pyav_duration(stream), stream.rate
     try:
         info = sf.info(str(path))
     except Exception as exc:
@@ -46,16 +57,122 @@ def audio_info(path: str | Path) -> tuple[float, int]:
     return info.frames / info.samplerate, info.samplerate
 
 
-def read_audio(path: str | Path, sample_rate: int) -> np.ndarray:
-    """Decode a file to mono float32 at `sample_rate` (channels are averaged)."""
-    try:
-        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    except Exception as exc:
-        raise _unreadable(path, "decode audio", exc) from None
+def read_audio(path: str | Path, sample_rate: int, start: float | None = None,
+               end: float | None = None) -> np.ndarray:
+    """Decode a file (or its span from `start` to `end` seconds) to mono at `sample_rate`
+    (channels are averaged)."""
+    if decoded_by_pyav(path):
+        data, sr = _pyav_read(path)
+        first, last = _span(path, start, end, sr, len(data))
+        data = data[first:last]
+    else:
+        try:
+            if start is None and end is None:  # to the end, whatever the header says
+                data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+            else:
+                with sf.SoundFile(str(path)) as f:
+                    sr = f.samplerate
+                    first, last = _span(path, start, end, sr, f.frames)
+                    f.seek(first)
+                    data = f.read(last - first, dtype="float32", always_2d=True)
+        except DataError:
+            raise
+        except Exception as exc:
+            raise _unreadable(path, "decode audio", exc) from None
     if data.shape[0] == 0:
         raise DataError(f"{path}: audio is empty (0 samples)")
     check_samples(path, data)
     return resample(data.mean(axis=1), sr, sample_rate)
+
+
+def check_decodes_to_end(path: str | Path, duration: float) -> None:
+    """For formats PyAV decodes: the last second decodes and reaches the header's length
+    (one seek, no full decode), so a truncated or corrupt file fails here, not hours later
+    in feature extraction."""
+    with _pyav_stream(path, "decode audio") as (container, stream):
+        tail = max(0.0, duration - 1.0)
+        try:
+            container.seek(int(tail / stream.time_base), stream=stream, backward=True)
+            reached, samples = 0.0, []
+            for frame in container.decode(stream):
+                if frame.time is not None:
+                    reached = max(reached, frame.time + frame.samples / frame.sample_rate)
+                samples.append(frame.to_ndarray())
+        except Exception as exc:
+            raise DataError(f"{path}: truncated or corrupt audio (cannot decode the end: "
+                            f"{_reason(exc)})") from None
+    if reached < duration - LENGTH_SLACK_SECONDS:
+        raise DataError(f"{path}: truncated audio (header says {duration:.2f} s, decoding "
+                        f"ends at {reached:.2f} s)")
+    if samples:
+        check_samples(path, np.concatenate([s.reshape(-1) for s in samples]))
+
+
+def decoded_by_pyav(path: str | Path) -> bool:
+    return str(path).lower().endswith(PYAV_SUFFIXES)
+
+
+@contextmanager
+def _pyav_stream(path: str | Path, what: str):
+    """(container, first audio stream) of a file PyAV opens, or one line naming it."""
+    import av
+    try:
+        container = av.open(str(path))
+    except Exception as exc:
+        raise _unreadable(path, what, exc) from None
+    try:
+        if not container.streams.audio:
+            raise DataError(f"{path}: no audio stream")
+        stream = container.streams.audio[0]
+        if not stream.rate or stream.rate <= 0:
+            raise DataError(f"{path}: invalid sample rate {stream.rate}")
+        yield container, stream
+    finally:
+        container.close()
+
+
+def _pyav_duration(stream) -> float:
+    if stream.duration is not None:
+        return float(stream.duration * stream.time_base)
+    container = stream.container
+    if container.duration is not None:
+        import av
+        return container.duration / av.time_base
+    raise DataError(f"{container.name}: audio length unknown (no duration in the header)")
+
+
+def _pyav_read(path: str | Path) -> tuple[np.ndarray, int]:
+    """(samples, channels) float32 and the sample rate: every frame, converted to planar
+    float at its own rate and layout, so the numbers are the decoder's."""
+    import av
+    with _pyav_stream(path, "decode audio") as (container, stream):
+        expected = _pyav_duration(stream)
+        chunks = []
+        try:
+            for frame in container.decode(stream):
+                if frame.format.name != "fltp":
+                    frame = av.AudioResampler(format="fltp", layout=frame.layout,
+                                              rate=frame.sample_rate).resample(frame)[0]
+                chunks.append(frame.to_ndarray())
+        except Exception as exc:
+            raise DataError(f"{path}: truncated or corrupt audio (decoding failed: "
+                            f"{_reason(exc)})") from None
+        sr = stream.rate
+    data = (np.concatenate(chunks, axis=1).T if chunks else np.zeros((0, 1), np.float32))
+    if len(data) / sr < expected - LENGTH_SLACK_SECONDS:
+        raise DataError(f"{path}: truncated audio (header says {expected:.2f} s, "
+                        f"{len(data) / sr:.2f} s decode)")
+    return np.ascontiguousarray(data, dtype=np.float32), sr
+
+
+def _span(path, start: float | None, end: float | None, sr: int, frames: int) -> tuple[int, int]:
+    """First and last sample of [start, end) seconds; the whole recording by default."""
+    first = 0 if start is None else int(round(start * sr))
+    last = frames if end is None else min(frames, int(round(end * sr)))
+    if first >= frames or last <= first:
+        raise DataError(f"{path}: segment {start}-{end} s lies outside the recording "
+                        f"({frames / sr:.2f} s)")
+    return first, last
 
 
 def check_samples(path: str | Path, samples: np.ndarray) -> None:
@@ -101,5 +218,7 @@ def _unreadable(path: str | Path, what: str, exc: Exception) -> DataError:
 
 
 def _reason(exc: Exception) -> str:
+    if getattr(exc, "strerror", None):  # OSError, and PyAV's errors (which repeat errno, path)
+        return exc.strerror
     text = str(exc).strip().splitlines()
     return text[-1] if text else type(exc).__name__

@@ -152,7 +152,8 @@ def write_block(job: BlockJob, block: int, rows) -> dict:
             """(index, log-mels) of a batch's usable rows, and how many were padded, skipped."""
             waves, kept, padded = [], [], 0
             for k in ks:
-                wave = read_audio(resolve(job.manifest_path, rows[k]), extractor.sample_rate)
+                wave = read_audio(resolve(job.manifest_path, rows[k]), extractor.sample_rate,
+                                  rows[k].start, rows[k].end)
                 if len(wave) < min_samples:
                     if job.short == "skip":
                         continue

@@ -11,6 +11,8 @@ Columns
                            test); "submit" = unlabelled audio for the submission file
     size          int64    file size in bytes (fingerprint of files outside the repository)
     mtime_ns      int64    modification time (same purpose; null for files we generated)
+    start, end    float64  the utterance is this span of the file, in seconds (Kaldi
+                           `segments`); null = from the beginning / to the end
 
 Schema metadata `spkid` (JSON) describes the whole set: {"format": "audio" | "hw4", ...}.
 A change to an external file changes its fingerprint, so the manifest's hash changes and
@@ -29,8 +31,6 @@ import pyarrow.parquet as pq
 from spkid.atomic import atomic_path
 from spkid.errors import DataError
 
-ROLES = ("train", "val", "test", "submit")
-
 SCHEMA = pa.schema([
     ("utterance_id", pa.string()),
     ("speaker", pa.string()),
@@ -40,7 +40,10 @@ SCHEMA = pa.schema([
     ("role", pa.string()),
     ("size", pa.int64()),
     ("mtime_ns", pa.int64()),
+    ("start", pa.float64()),
+    ("end", pa.float64()),
 ])
+OPTIONAL = {"start", "end"}  # absent from manifests written before spans existed
 
 
 @dataclass
@@ -53,6 +56,8 @@ class ManifestRow:
     role: str | None = None
     size: int | None = None
     mtime_ns: int | None = None
+    start: float | None = None
+    end: float | None = None
 
 
 def write_manifest(path: str | Path, rows: list[ManifestRow], meta: dict) -> None:
@@ -74,12 +79,12 @@ def read_manifest(path: str | Path) -> tuple[list[ManifestRow], dict]:
     if not path.exists():
         raise DataError(f"manifest not found: {path} (run the download stage first)")
     table = pq.read_table(path)
-    missing = set(SCHEMA.names) - set(table.column_names)
+    missing = set(SCHEMA.names) - set(table.column_names) - OPTIONAL
     if missing:
         raise DataError(f"{path}: not a spkid manifest (missing columns {sorted(missing)})")
     meta = json.loads((table.schema.metadata or {}).get(b"spkid", b"{}"))
     names = [f.name for f in fields(ManifestRow)]
-    rows = [ManifestRow(**{k: d[k] for k in names}) for d in table.to_pylist()]
+    rows = [ManifestRow(**{k: d.get(k) for k in names}) for d in table.to_pylist()]
     return rows, meta
 
 

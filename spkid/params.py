@@ -37,16 +37,16 @@ def _f(kind, default, help, **kw) -> Field:
 SCHEMA: dict[str, Any] = {
     "data": {
         "source": _f("str", "synthetic", "where utterances come from",
-                     choices=("synthetic", "hw4", "audio_dir", "url")),
+                     choices=("synthetic", "hw4", "audio_dir", "kaldi", "url")),
         "seed": _f("int", 0, "seed of the synthetic corpus", min=0),
-        "path": _f("str", None, "folder read by hw4/audio_dir (relative to the repo root)",
+        "path": _f("str", None, "folder read by hw4/audio_dir/kaldi (relative to the repo root)",
                    nullable=True),
         "url": _f("str_or_list", None, "URL (or list of part URLs, concatenated) for source url",
                   nullable=True),
         "sha256": _f("str", None, "expected SHA-256 of the downloaded archive", nullable=True),
         "layout": _f("str", "auto", "what a url archive holds",
                      choices=("auto", "hw4", "audio_dir")),
-        "submit_dir": _f("str", None, "audio_dir only: unlabelled audio for the submission",
+        "submit_dir": _f("str", None, "audio_dir/kaldi only: unlabelled audio for the submission",
                          nullable=True),
         "verify_dir": _f("str", None, "audio_dir-style folder of unseen speakers for verification",
                          nullable=True),
@@ -288,8 +288,8 @@ _CROSS_CHECKS: list[tuple[str, Callable[[dict], bool], str]] = [
      <= p["features"]["sample_rate"] / 2
      and (p["features"]["f_max"] or p["features"]["sample_rate"] / 2) > p["features"]["f_min"],
      "must lie in (features.f_min, features.sample_rate / 2]"),
-    ("data.path", lambda p: p["data"]["source"] not in ("hw4", "audio_dir") or bool(p["data"]["path"]),
-     "is required when data.source is hw4 or audio_dir"),
+    ("data.path", lambda p: p["data"]["source"] not in ("hw4", "audio_dir", "kaldi")
+     or bool(p["data"]["path"]), "is required when data.source is hw4, audio_dir or kaldi"),
     ("evaluate.asnorm_top_n", lambda p: p["evaluate"]["asnorm_top_n"] != 1,
      "must be 0 (off) or >= 2 (a standard deviation needs two scores)"),
     ("data.url", lambda p: p["data"]["source"] != "url" or bool(p["data"]["url"]),

@@ -6,6 +6,7 @@ the repository are noticed; it does no work when its stamp shows the output is c
     synthetic   generate the corpus into data/raw/ (skipped when source.json is current)
     hw4         a HW4 Kaggle folder (data.path): precomputed log-mel .pt files
     audio_dir   a folder of recordings, one subfolder per speaker (data.path)
+    kaldi       a Kaldi-style folder: wav.scp, utt2spk, optional segments (data.path)
     url         download data.url into data/downloads/ (a cache outside every DVC out),
                 unpack it there and continue as hw4 or audio_dir (data.layout)
 
@@ -118,14 +119,19 @@ def _scan(p, layout: str, folder: Path, verify_meta: dict, submit_base: Path | N
                 f"{n_submit} submit (precomputed {meta['n_mels']}-mel features)")
         return rows, meta, text
 
-    from spkid.sources.audio_dir import scan_audio_dir
+    from spkid.sources.audio_dir import scan_audio_dir, submit_rows
+    from spkid.sources.kaldi import scan_kaldi
     submit = None
     if p.data.submit_dir is not None:
         submit = Path(os.path.abspath((submit_base or Path.cwd()) / p.data.submit_dir))
-    # A verification folder inside data.path holds unseen speakers, not training ones.
-    exclude = [verify_meta["verify_dir"]] if verify_meta.get("verify_dir") else []
-    rows, meta = scan_audio_dir(folder, min_seconds=p.data.min_seconds, short=p.data.short,
-                                submit_dir=submit, exclude=exclude)
+    if layout == "kaldi":
+        rows, meta = scan_kaldi(folder, min_seconds=p.data.min_seconds, short=p.data.short)
+        rows += submit_rows(submit) if submit is not None else []
+    else:
+        # A verification folder inside data.path holds unseen speakers, not training ones.
+        exclude = [verify_meta["verify_dir"]] if verify_meta.get("verify_dir") else []
+        rows, meta = scan_audio_dir(folder, min_seconds=p.data.min_seconds, short=p.data.short,
+                                    submit_dir=submit, exclude=exclude)
     labelled = [r for r in rows if r.role is None]
     n_submit = len(rows) - len(labelled)
     minutes = sum(r.duration for r in labelled) / 60
@@ -133,7 +139,8 @@ def _scan(p, layout: str, folder: Path, verify_meta: dict, submit_base: Path | N
         short = f"{meta['skipped_short']} skipped"
     else:
         short = f"{sum(r.duration < p.data.min_seconds for r in labelled)} to pad"
-    text = (f"{len(labelled)} recordings, {len(meta['speakers'])} speakers, {minutes:.1f} min "
+    unit = "utterances" if layout == "kaldi" else "recordings"
+    text = (f"{len(labelled)} {unit}, {len(meta['speakers'])} speakers, {minutes:.1f} min "
             f"of audio, {n_submit} submit (short: {short}, min_seconds {p.data.min_seconds:g})")
     return rows, meta, text
 

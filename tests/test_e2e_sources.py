@@ -9,6 +9,7 @@ import json
 import zipfile
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -124,3 +125,32 @@ def test_url_archive_of_audio(repo, tmp_path_factory):
     assert list((path / "data/downloads").glob("extracted-*/corpus/spk0/00.wav"))
     status = run(["git", "status", "--porcelain"], path, env).stdout
     assert "data/downloads" not in status
+
+
+@pytest.mark.e2e
+def test_kaldi_folder_then_m4a_audio_dir(repo, tmp_path_factory):
+    """VoxCeleb's and the toolkits' ways of keeping data, end to end: a Kaldi folder
+    (wav.scp with FLAC and m4a recordings, segments, utt2spk, spk2utt), then an experiment
+    on a folder of m4a files."""
+    pytest.importorskip("av")
+    from test_sources_kaldi import make_kaldi
+    path, env = repo
+    data = tmp_path_factory.mktemp("data")
+    kaldi = make_kaldi(data / "kaldi", speakers=("alice", "bob", "carol"))
+    m4a = make_audio_dir(data / "m4a", speakers=3, per_speaker=4, fmt="m4a")
+    copy_project(path, with_tiny(data={"source": "kaldi", "path": str(kaldi)}))
+    commit(path, env, "project")
+
+    out = repro(path, env)
+    for stage in STAGES:
+        assert f"[{stage}]" in out, f"stage {stage} printed no summary"
+    assert "12 utterances, 3 speakers" in out
+    views = pq.read_table(path / "data/index/utterances.parquet").to_pylist()
+    assert {v["utterance_id"] for v in views} == {
+        f"{spk}-rec{r}-{half}" for spk in ("alice", "bob", "carol") for r in (0, 1) for half in "ab"}
+    assert read_metrics(path)["test"]["trials"] > 0
+
+    run(["dvc", "exp", "run", "-S", "data.source=audio_dir", "-S", f"data.path={m4a}"], path, env)
+    views = pq.read_table(path / "data/index/utterances.parquet").to_pylist()
+    assert len(views) == 12 and all(v["utterance_id"].endswith(".m4a") for v in views)
+    assert read_metrics(path)["test"]["trials"] > 0

@@ -75,8 +75,25 @@ def make_audio_dir(folder: Path, speakers: int = 3, per_speaker: int = 4,
         for u in range(per_speaker):
             path = folder / f"{prefix}{s}" / f"{u:02d}.{fmt}"
             path.parent.mkdir(parents=True, exist_ok=True)
-            sf.write(str(path), voice(f0, rng.uniform(*seconds), rng), SR)
+            write_audio(path, voice(f0, rng.uniform(*seconds), rng), SR)
     return folder
+
+
+def write_audio(path: Path, wave: np.ndarray, sr: int) -> None:
+    """WAV/FLAC through soundfile; m4a (AAC) encoded through PyAV, the library spkid
+    decodes it with."""
+    if path.suffix != ".m4a":
+        sf.write(str(path), wave, sr)
+        return
+    import av
+    with av.open(str(path), "w", format="mp4") as out:
+        stream = out.add_stream("aac", rate=sr)
+        stream.layout = "mono"
+        frame = av.AudioFrame.from_ndarray(np.asarray(wave, np.float32)[None], format="fltp",
+                                           layout="mono")
+        frame.sample_rate = sr
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            out.mux(packet)
 
 
 def write_params(path: Path, params: dict) -> Path:

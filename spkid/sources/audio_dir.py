@@ -1,6 +1,6 @@
 """A folder of recordings, one subfolder per speaker:
 
-    <folder>/<speaker>/**/*.wav|flac|ogg|mp3     (suffix in any case)
+    <folder>/<speaker>/**/*.wav|flac|ogg|mp3|m4a|aac|mp4|opus|webm|wma  (suffix in any case)
 
 The speaker is the first folder level, so LibriSpeech (<speaker>/<chapter>/<file>.flac)
 and VoxCeleb (<speaker>/<video>/<file>.wav) work unchanged. Hidden files and folders
@@ -18,13 +18,15 @@ from pathlib import Path, PurePosixPath
 
 import soundfile as sf
 
-from spkid.audio import AUDIO_SUFFIXES, audio_info, check_samples
+from spkid.audio import (AUDIO_SUFFIXES, audio_info, check_decodes_to_end, check_samples,
+                         decoded_by_pyav)
 from spkid.errors import DataError
 from spkid.manifest import ManifestRow
 
 SHORT_CHOICES = ("skip", "pad")
 SUBMIT_PREFIX = "submit/"
 TAIL_FRAMES = 1024
+KALDI_LABELS = {"target": "1", "nontarget": "0"}
 
 
 def scan_audio_dir(folder: str | Path, *, min_seconds: float, short: str,
@@ -42,7 +44,7 @@ def scan_audio_dir(folder: str | Path, *, min_seconds: float, short: str,
     """
     if short not in SHORT_CHOICES:
         raise ValueError(f"short must be one of {SHORT_CHOICES}, got {short!r}")
-    folder = _existing_dir(folder, "audio folder")
+    folder = existing_dir(folder, "audio folder")
     skip_dirs = [Path(p) for p in (submit_dir, *exclude) if p is not None]
     rels = find_audio(folder, skip_dirs=skip_dirs)
     loose = [rel for rel in rels if "/" not in rel]
@@ -56,7 +58,7 @@ def scan_audio_dir(folder: str | Path, *, min_seconds: float, short: str,
     base = Path(os.path.abspath(folder))
     rows, skipped = [], 0
     for rel in rels:
-        row = _audio_row(base / rel, rel, speaker=rel.split("/", 1)[0], role=None)
+        row = audio_row(base / rel, rel, speaker=rel.split("/", 1)[0], role=None)
         if row.duration < min_seconds and short == "skip":
             skipped += 1
             continue
@@ -67,7 +69,7 @@ def scan_audio_dir(folder: str | Path, *, min_seconds: float, short: str,
     speakers = sorted({row.speaker for row in rows})
 
     if submit_dir is not None:
-        rows += _submit_rows(Path(submit_dir))
+        rows += submit_rows(Path(submit_dir))
     _check_unique_ids(rows)
     return rows, {"format": "audio", "skipped_short": skipped, "speakers": speakers}
 
@@ -82,8 +84,9 @@ def scan_verify(folder: str | Path) -> list[ManifestRow]:
 
 def read_trials_list(path: str | Path, audio_root: str | Path | None = None
                      ) -> list[tuple[int, Path, Path]]:
-    """VoxCeleb-style verification trials: one `label enroll_path test_path` per line
-    (label 1 = same speaker, 0 = different). Paths are relative to `audio_root`, by
+    """Verification trials: one `label enroll_path test_path` per line (VoxCeleb's lists:
+    label 1 = same speaker, 0 = different) or `enroll_path test_path target|nontarget`
+    (Kaldi's and WeSpeaker's). Paths are relative to `audio_root`, by
     default the list file's folder, and come back absolute and normalised (symlinks are
     not resolved, so they compare equal to the `path` of scan_verify's rows when both
     are given the same folder). Blank lines and lines starting with # are ignored;
@@ -103,8 +106,10 @@ def read_trials_list(path: str | Path, audio_root: str | Path | None = None
         if not fields or fields[0].startswith("#"):
             continue
         if len(fields) != 3:
-            raise DataError(f"{path}:{lineno}: expected 'label enroll_path test_path', "
-                            f"got {line.strip()!r:.100}")
+            raise DataError(f"{path}:{lineno}: expected 'label enroll_path test_path' or "
+                            f"'enroll_path test_path target|nontarget', got {line.strip()!r:.100}")
+        if fields[2] in KALDI_LABELS:  # Kaldi / WeSpeaker order
+            fields = [KALDI_LABELS[fields[2]], fields[0], fields[1]]
         if fields[0] not in ("0", "1"):
             raise DataError(f"{path}:{lineno}: label must be 0 or 1, got {fields[0]!r:.20}")
         pair = []
@@ -158,11 +163,16 @@ def check_audio(path: str | Path) -> float:
     path = Path(path)
     try:
         size = path.stat().st_size
+    except FileNotFoundError:
+        raise DataError(f"{path}: not found") from None
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror})") from None
     if size == 0:
         raise DataError(f"{path}: empty file (0 bytes)")
     duration, _ = audio_info(path)
+    if decoded_by_pyav(path):
+        check_decodes_to_end(path, duration)
+        return duration
     if _wav_is_truncated(path, size):
         raise DataError(f"{path}: truncated WAV (the data chunk is longer than the file)")
     frames = _decodable_tail(path)
@@ -212,7 +222,7 @@ def _wav_is_truncated(path: Path, size: int) -> bool:
     return False
 
 
-def _audio_row(path: Path, utterance_id: str, speaker: str | None,
+def audio_row(path: Path, utterance_id: str, speaker: str | None,
                role: str | None) -> ManifestRow:
     duration = check_audio(path)
     st = os.stat(path)
@@ -220,18 +230,18 @@ def _audio_row(path: Path, utterance_id: str, speaker: str | None,
                        duration=duration, role=role, size=st.st_size, mtime_ns=st.st_mtime_ns)
 
 
-def _submit_rows(submit_dir: Path) -> list[ManifestRow]:
-    submit_dir = _existing_dir(submit_dir, "submit folder")
+def submit_rows(submit_dir: Path) -> list[ManifestRow]:
+    submit_dir = existing_dir(submit_dir, "submit folder")
     rels = find_audio(submit_dir)
     if not rels:
         raise DataError(f"{submit_dir}: submit folder holds no audio files "
                         f"({', '.join(AUDIO_SUFFIXES)})")
     base = Path(os.path.abspath(submit_dir))
-    return [_audio_row(base / rel, SUBMIT_PREFIX + rel, speaker=None, role="submit")
+    return [audio_row(base / rel, SUBMIT_PREFIX + rel, speaker=None, role="submit")
             for rel in rels]
 
 
-def _existing_dir(folder: str | Path, what: str) -> Path:
+def existing_dir(folder: str | Path, what: str) -> Path:
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: {what} not found" if not folder.exists()
