@@ -16,7 +16,16 @@ def verification(scores: np.ndarray, labels: np.ndarray) -> tuple[dict, dict]:
               "min_dcf_p01": metrics.min_dcf(scores, labels, 0.01),
               "min_dcf_p05": metrics.min_dcf(scores, labels, 0.05),
               "trials": int(len(labels)), "target_trials": int(labels.sum())}
-    return result, metrics.det_points(scores, labels)
+    return result, {**metrics.det_points(scores, labels), "hist": score_histogram(scores, labels)}
+
+
+def score_histogram(scores: np.ndarray, labels: np.ndarray, bins: int = 80) -> dict:
+    """Counts of target and non-target scores over [-1, 1] (cosine), for pictures."""
+    edges = np.linspace(-1.0, 1.0, bins + 1)
+    clipped = np.clip(scores, -1.0, 1.0)
+    return {"bins": edges.tolist(),
+            "target": np.histogram(clipped[labels == 1], edges)[0].tolist(),
+            "nontarget": np.histogram(clipped[labels == 0], edges)[0].tolist()}
 
 
 def score_role(emb: np.ndarray, true_rank: np.ndarray, speaker_ids: np.ndarray, *, seed: int,

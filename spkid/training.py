@@ -161,7 +161,8 @@ def train(model, batches, val_views, store: FeatureStore, t, *, device: torch.de
         if rank == 0 and (step % t.valid_every == 0 or step == t.steps):
             started = time.perf_counter()
             _validate(model, state, store, val_views, val_labels, batch_frames,
-                      t.valid_max_frames, device, optimizer, save_best, log, save_validated)
+                      t.valid_max_frames, device, optimizer, save_best, log, save_validated,
+                      margin=margin_at(step))
             state.validation_seconds += time.perf_counter() - started
             bar.set_postfix(loss=f"{state.final_train_loss:.3f}",
                             val=f"{state.history[-1].get('val/accuracy', float('nan')):.3f}")
@@ -205,11 +206,13 @@ def validation_accuracy(model, store, val_views, val_labels, batch_frames, max_f
 
 
 def _validate(model, state: TrainResult, store, val_views, val_labels, batch_frames, max_frames,
-              device, optimizer, save_best, log, save_validated=None) -> None:
+              device, optimizer, save_best, log, save_validated=None, margin=None) -> None:
     loss_sum, acc_sum, n = state.window
     state.window = [0.0, 0.0, 0]
     metrics = {"train/loss": float(loss_sum) / n, "train/accuracy": float(acc_sum) / n,
                "lr": optimizer.param_groups[0]["lr"]}
+    if margin is not None:  # a scheduled margin (loss.margin_warmup); else it is loss.m
+        metrics["margin"] = float(margin)
     if val_labels is not None:
         metrics["val/accuracy"] = validation_accuracy(model, store, val_views, val_labels,
                                                       batch_frames, max_frames, device)

@@ -6,11 +6,11 @@ import sys
 
 import typer
 
-from stages import download, evaluate, export, features, index, inference, recipe, train
+from stages import download, evaluate, export, features, index, inference, recipe, report, train
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="spkid: speaker-recognition pipeline stages (run them through `dvc repro`).")
-for module in (download, features, index, train, evaluate, export, inference, recipe):
+for module in (download, features, index, train, evaluate, export, report, inference, recipe):
     for command in module.app.registered_commands:
         app.registered_commands.append(command)
 

@@ -20,13 +20,15 @@ from spkid.index import read_views
 from spkid.evaluation import embed_audio_files, extractor_for_model, score_role, score_trials
 from spkid.manifest import read_manifest
 from spkid.params import load_params
+from spkid.plots import evaluation_plots
 from spkid.score_norm import ScoreNorm
 from spkid.shards import open_features
 from spkid.sources.verify import verification_trials
 from spkid.device import pick_device
 from spkid.training import embed_views
 from stages.common import ParamsOption, exclusive, one_line_errors, summary
-from stages.layout import DET_DIR, EVAL_METRICS, FEATURES, MODEL, SCORE_NORM, VERIFY, VIEWS
+from stages.layout import (CONFUSIONS, DET_DIR, EVAL_METRICS, FEATURES, MODEL, PLOTS, SCORE_NORM,
+                           VERIFY, VIEWS)
 
 app = typer.Typer(add_completion=False)
 ROLES = ("val", "test")
@@ -50,20 +52,25 @@ def evaluate(params: Path = ParamsOption):
         model, store, v, p.evaluate.batch_frames, device).embeddings)
     with atomic_dir(SCORE_NORM) as tmp:
         norm.save(tmp)
+    curves, outputs = {}, {}
     for role, part in views.items():
-        scored = embed_views(model, store, part, p.evaluate.batch_frames, device,
-                             labels=part["speaker_id"])
-        report[role], curve = score_role(
+        outputs[role] = scored = embed_views(model, store, part, p.evaluate.batch_frames, device,
+                                             labels=part["speaker_id"])
+        report[role], curves[role] = score_role(
             scored.embeddings, scored.true_rank, np.asarray(part["speaker_id"]), seed=p.evaluate.seed,
             nontarget_ratio=p.evaluate.nontarget_ratio, max_trials=p.evaluate.max_trials, norm=norm)
-        _write_det(role, curve)
+        _write_det(role, curves[role])
     verify = _verify(p, model, config, device, norm)
     if verify is not None:
-        report["verify"], curve = verify
-        _write_det("verify", curve)
+        report["verify"], curves["verify"] = verify
+        _write_det("verify", curves["verify"])
     else:
         (DET_DIR / "verify.json").unlink(missing_ok=True)
     write_json(EVAL_METRICS, report)
+    val = outputs["val"]
+    write_json(CONFUSIONS, evaluation_plots(
+        PLOTS, curves, report, val_embeddings=val.embeddings, val_true=np.asarray(views["val"]["speaker_id"]),
+        val_predicted=val.predicted, speaker_names=config["speakers"], seed=p.evaluate.seed))
     text = "; ".join(f"{r}: top1 {_num(report[r]['accuracy_top1'])}, EER {_pct(report[r]['eer'])}"
                      for r in ROLES)
     if verify is not None:

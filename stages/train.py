@@ -30,12 +30,13 @@ from spkid.features import LogMelExtractor
 from spkid.index import read_views
 from spkid.losses import margin_schedule
 from spkid.params import load_params
+from spkid.plots import dvclive_curves, training_curves
 from spkid.shards import open_features, read_meta
 from spkid.training import (train as fit, trim_curves, validation_accuracy,
                             validation_views)
 from stages.common import ParamsOption, exclusive, one_line_errors, summary
 from stages.layout import (CHECKPOINTS, FEATURES, MODEL, SEGMENTS, SPEAKERS, TRAIN_LIVE,
-                           TRAIN_METRICS, VIEWS)
+                           TRAIN_METRICS, TRAINING_PLOT, VIEWS)
 
 app = typer.Typer(add_completion=False)
 LAST, BEST = CHECKPOINTS / "last.pt", CHECKPOINTS / "best.pt"
@@ -123,6 +124,8 @@ def train(params: Path = ParamsOption):
     live.end()
     # dvclive's own summary would duplicate metrics/train.json; the curves are what we want.
     (TRAIN_LIVE / "metrics.json").unlink(missing_ok=True)
+    training_curves(dvclive_curves(TRAIN_LIVE / "plots" / "metrics"), TRAINING_PLOT,
+                    margin=None if p.loss.name == "softmax" else p.loss.m)
     if not BEST.exists():
         raise DataError(f"{BEST}: training ended without a checkpoint")
     averaged, average = None, {}

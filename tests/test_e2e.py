@@ -1,6 +1,7 @@
 """End to end: the real `spkid` CLI under the real `dvc repro` / `dvc exp run` in a
 temporary git repository holding a copy of the project."""
 
+import base64
 import csv
 import json
 import os
@@ -74,6 +75,29 @@ def read_metrics(path: Path) -> dict:
     return json.loads((path / "metrics" / "eval.json").read_text())
 
 
+PICTURES = ("training", "det", "scores", "embeddings", "confusions")
+
+
+def check_pictures(path: Path, env, roles) -> None:
+    """Every picture exists, is in the report inline, and `dvc plots show` shows them
+    without loading anything from the network."""
+    page = (path / "metrics/report.html").read_text()
+    for name in PICTURES:
+        png = path / "metrics/plots" / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+        assert base64.b64encode(png.read_bytes()).decode() in page, f"{name}.png not in the report"
+    assert "http://" not in page and "https://" not in page
+    for role in roles:
+        assert f"<td class=l>{role}</td>" in page
+    shown = path / "plots-page"
+    run(["dvc", "plots", "show", "--out", str(shown)], path, env)
+    html = (shown / "index.html").read_text()
+    assert "http://" not in html and "https://" not in html, "dvc plots show needs the network"
+    for name in PICTURES:
+        assert f"{name}.png" in html, f"{name}.png is not a DVC plot"
+    shutil.rmtree(shown)
+
+
 @pytest.mark.e2e
 def test_repro_then_experiment(repo):
     path, env = repo
@@ -81,9 +105,10 @@ def test_repro_then_experiment(repo):
     commit(path, env, "project")
 
     out = run(["dvc", "repro"], path, env)
-    for stage in ("download", "features", "index", "train", "evaluate", "export"):
+    for stage in ("download", "features", "index", "train", "evaluate", "export", "report"):
         assert f"[{stage}]" in out.stdout, f"stage {stage} printed no summary"
     base = read_metrics(path)
+    check_pictures(path, env, roles=("val", "test"))
     for role in ("val", "test"):
         assert set(base[role]) >= {"accuracy_top1", "accuracy_top5", "eer", "min_dcf_p01",
                                    "min_dcf_p05", "trials"}
