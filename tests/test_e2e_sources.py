@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from test_e2e import commit, copy_project, read_metrics, repo, run  # noqa: F401 (repo: fixture)
+from test_e2e import check_pictures, commit, copy_project, read_metrics, repo, run  # noqa: F401 (repo: fixture)
 from test_sources_stage import make_audio_dir, make_hw4
 
 TINY = {
@@ -90,6 +90,8 @@ def test_audio_dir_split_by_time_with_verification(repo, tmp_path_factory):
     assert report["verify"]["trials"] == 9 + 27 and 0 <= report["verify"]["eer"] <= 1
     lock = yaml.safe_load((path / "dvc.lock").read_text())["stages"]["evaluate"]["deps"]
     assert "data/raw/verify.parquet" in [d["path"] for d in lock]
+    check_pictures(path, env, roles=("val", "test", "verify"))
+    assert json.loads((path / "metrics/det/verify.json").read_text())["det"]
 
     # A changed verification file re-runs evaluate, not index or train. (features runs
     # again while it depends on all of data/raw, which holds verify.parquet; its output
