@@ -11,3 +11,14 @@ class ParamsError(SpkidError):
 
 class DataError(SpkidError):
     """Input data (audio, features, JSON, archives) is missing or malformed."""
+
+
+class StaleInputError(DataError):
+    """An input that spkid itself writes is missing, from an older spkid, or out of step
+    with what it was made from. The library does not know the pipeline: it names the
+    output (`output`, a path, or None when it cannot tell) and the command layer says
+    which step makes it again."""
+
+    def __init__(self, message: str, output=None):
+        super().__init__(message)
+        self.output = output

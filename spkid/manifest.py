@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from spkid.atomic import atomic_path
-from spkid.errors import DataError
+from spkid.errors import DataError, StaleInputError
 
 SCHEMA = pa.schema([
     ("utterance_id", pa.string()),
@@ -77,7 +77,7 @@ def write_manifest(path: str | Path, rows: list[ManifestRow], meta: dict) -> Non
 def read_manifest(path: str | Path) -> tuple[list[ManifestRow], dict]:
     path = Path(path)
     if not path.exists():
-        raise DataError(f"manifest not found: {path} (run the download stage first)")
+        raise StaleInputError(f"{path}: manifest not found", path)
     table = pq.read_table(path)
     missing = set(SCHEMA.names) - set(table.column_names) - OPTIONAL
     if missing:

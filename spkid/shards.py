@@ -38,7 +38,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from spkid.atomic import atomic_path
-from spkid.errors import DataError
+from spkid.errors import DataError, StaleInputError
 
 DTYPES = {"float32": (np.float32, pa.float32()), "float16": (np.float16, pa.float16())}
 PATTERN = "shard-*.parquet"
@@ -132,13 +132,13 @@ def _values_offset(path: Path, count: int, itemsize: int) -> int:
     meta = pq.ParquetFile(path).metadata
     names = [meta.schema.column(i).path for i in range(meta.num_columns)]
     if meta.num_row_groups != 1 or "features.list.element" not in names:
-        raise DataError(f"{path}: not a spkid feature shard (re-run the features stage)")
+        raise StaleInputError(f"{path}: not a spkid feature shard", path)
     col = meta.row_group(0).column(names.index("features.list.element"))
     if (col.compression != "UNCOMPRESSED" or col.dictionary_page_offset is not None
             or set(col.encodings) - {"PLAIN", "RLE"}):
-        raise DataError(f"{path}: features are stored {col.compression.lower()} with "
-                        f"{'/'.join(col.encodings)} encoding, not plain and uncompressed "
-                        "(written by an older spkid?): re-run the features stage")
+        raise StaleInputError(f"{path}: features are stored {col.compression.lower()} with "
+                              f"{'/'.join(col.encodings)} encoding, not plain and uncompressed "
+                              "(written by an older spkid?)", path)
     end = col.data_page_offset + col.total_compressed_size
     start = end - count * itemsize
     if start < col.data_page_offset:
@@ -201,8 +201,8 @@ class FeatureStore:
         pos = pc.index_in(wanted, value_set=self.ids)
         if pos.null_count:
             missing = pc.filter(wanted, pc.is_null(pos))[0].as_py()
-            raise DataError(f"utterance {missing!r} is not in the feature shards "
-                            "(the index is from other features: re-run the index stage)")
+            raise StaleInputError(f"utterance {missing!r} is not in the feature shards (the "
+                                  "index was made from other features)")
         return pos.to_numpy(zero_copy_only=False).astype(np.int64)
 
     def matrix(self, i: int) -> np.ndarray:
@@ -254,5 +254,5 @@ def _allow_open_files(needed: int) -> None:
     if soft != resource.RLIM_INFINITY and soft < want:
         if hard != resource.RLIM_INFINITY and hard < want:
             raise DataError(f"{needed} feature shards need more open files than this system "
-                            f"allows ({hard}): raise features.shard_size and re-run features")
+                            f"allows ({hard}): raise features.shard_size")
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))

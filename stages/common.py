@@ -9,25 +9,37 @@ from pathlib import Path
 
 import typer
 
-from spkid.errors import SpkidError
+from spkid.errors import SpkidError, StaleInputError
 from spkid.lock import StageLock
 from spkid.memory import keep_large_blocks_mapped
 from spkid.params import load_params
-from stages.layout import STAGE_LOCK
+from stages.layout import PRODUCERS, STAGE_LOCK
 
 ParamsOption = typer.Option(Path("params.yaml"), "--params", help="params file to read")
 
 
 def one_line_errors(fn):
-    """User errors end the command with one line on stderr and exit status 2."""
+    """User errors end the command with one line on stderr and exit status 2; an input
+    that a stage writes gets the advice to run that stage."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except SpkidError as exc:
-            print(f"spkid: error: {exc}", file=sys.stderr)
+            advice = f" ({remedy(exc.output)})" if isinstance(exc, StaleInputError) else ""
+            print(f"spkid: error: {exc}{advice}", file=sys.stderr)
             raise typer.Exit(2) from None
     return wrapper
+
+
+def remedy(output) -> str:
+    """What makes `output` (a path spkid writes) again: its stage, else the pipeline."""
+    if output is not None:
+        here = Path(output).absolute()
+        for folder, stage in PRODUCERS.items():
+            if here.is_relative_to(folder.absolute()):
+                return f"run `spkid {stage}` or `dvc repro`"
+    return "run `dvc repro`"
 
 
 def exclusive(fn):

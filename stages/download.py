@@ -34,9 +34,9 @@ from spkid.atomic import atomic_dir, atomic_path, remove_stale_temporaries, writ
 from spkid.errors import DataError
 from spkid.manifest import write_manifest
 from spkid.params import load_params
-from spkid.sources.verify import scan_verification
+from spkid.sources.unseen import scan_unseen_speakers
 from stages.common import ParamsOption, exclusive, one_line_errors, summary
-from stages.layout import DOWNLOADS, MANIFEST, RAW, SOURCE_STAMP, VERIFY
+from stages.layout import DOWNLOADS, MANIFEST, RAW, SOURCE_STAMP, UNSEEN_MANIFEST
 
 app = typer.Typer(add_completion=False)
 
@@ -54,7 +54,7 @@ def _synthetic(p, verify: tuple[list, dict]) -> str:
     if SOURCE_STAMP.exists() and MANIFEST.exists() and json.loads(SOURCE_STAMP.read_text()) == stamp:
         # atomic_dir(RAW) cleans up after a killed regeneration, but it does not run here.
         remove_stale_temporaries(RAW)
-        _write_verify(VERIFY, verify, only_if_changed=True)
+        _write_unseen(UNSEEN_MANIFEST, verify, only_if_changed=True)
         return "synthetic corpus is current"
     s = p.data.synthetic
     with atomic_dir(RAW) as tmp:
@@ -69,7 +69,7 @@ def _synthetic(p, verify: tuple[list, dict]) -> str:
         write_manifest(tmp / MANIFEST.name, rows, {"format": "audio", "source": "synthetic",
                                                    "generator": digest})
         write_json(tmp / SOURCE_STAMP.name, stamp)
-        _write_verify(tmp / VERIFY.name, verify)
+        _write_unseen(tmp / UNSEEN_MANIFEST.name, verify)
     seconds = sum(r.duration for r in rows)
     return f"synthetic corpus: {len(rows)} utterances, {s.speakers} speakers, {seconds / 60:.1f} min of audio"
 
@@ -161,7 +161,7 @@ def _external(p, verify: tuple[list, dict]) -> str:
         meta["url"] = origin
     changed = _replace_if_changed(RAW, lambda tmp: (
         write_manifest(tmp / MANIFEST.name, rows, meta),
-        _write_verify(tmp / VERIFY.name, verify)))
+        _write_unseen(tmp / UNSEEN_MANIFEST.name, verify)))
     where = f"{origin} -> {folder}" if origin else str(folder)
     return f"{layout} {where}: {text}{'' if changed else '; unchanged'}"
 
@@ -178,7 +178,7 @@ def _warn_overlap(rows, verify) -> None:
 
 # --- writing ----------------------------------------------------------------------------
 
-def _write_verify(path: Path, verify: tuple[list, dict], only_if_changed: bool = False) -> None:
+def _write_unseen(path: Path, verify: tuple[list, dict], only_if_changed: bool = False) -> None:
     """The verification manifest; written even when empty (evaluate depends on it)."""
     rows, meta = verify
     if only_if_changed:
@@ -226,7 +226,7 @@ def download(params: Path = ParamsOption):
     started = time.perf_counter()
     p = load_params(params)
     # Scan the verification audio first: a bad file there fails before anything is written.
-    verify = scan_verification(
+    verify = scan_unseen_speakers(
         _local(p.data.verify_dir) if p.data.verify_dir is not None else None,
         _local(p.evaluate.trials) if p.evaluate.trials is not None else None)
     if p.data.source == "synthetic":
@@ -240,7 +240,3 @@ def download(params: Path = ParamsOption):
                 f"{len(vrows)} recordings, {len(vmeta['speakers'])} speakers")
         text += f"; verify: {what}"
     summary("download", text, time.perf_counter() - started)
-
-
-if __name__ == "__main__":
-    app()

@@ -23,12 +23,12 @@ from spkid.params import load_params
 from spkid.plots import evaluation_plots
 from spkid.score_norm import ScoreNorm
 from spkid.shards import open_features
-from spkid.sources.verify import verification_trials
+from spkid.sources.unseen import unseen_trials
 from spkid.device import pick_device
 from spkid.training import embed_views
 from stages.common import ParamsOption, exclusive, one_line_errors, summary
 from stages.layout import (CONFUSIONS, DET_DIR, EVAL_METRICS, FEATURES, MODEL, PLOTS, SCORE_NORM,
-                           VERIFY, VIEWS)
+                           UNSEEN_MANIFEST, VIEWS)
 
 app = typer.Typer(add_completion=False)
 ROLES = ("val", "test")
@@ -60,7 +60,7 @@ def evaluate(params: Path = ParamsOption):
             scored.embeddings, scored.true_rank, np.asarray(part["speaker_id"]), seed=p.evaluate.seed,
             nontarget_ratio=p.evaluate.nontarget_ratio, max_trials=p.evaluate.max_trials, norm=norm)
         _write_det(role, curves[role])
-    verify = _verify(p, model, config, device, norm)
+    verify = _score_unseen(p, model, config, device, norm)
     if verify is not None:
         report["verify"], curves["verify"] = verify
         _write_det("verify", curves["verify"])
@@ -86,11 +86,11 @@ def _write_det(name: str, curve: dict | None) -> None:
         {"fpr": a, "fnr": b} for a, b in zip(curve["fpr"], curve["fnr"])] if curve else []})
 
 
-def _verify(p, model, config: dict, device, norm) -> tuple[dict, dict | None] | None:
+def _score_unseen(p, model, config: dict, device, norm) -> tuple[dict, dict | None] | None:
     """Verification metrics on the unseen-speaker audio, or None when none is configured."""
-    if not VERIFY.exists():
+    if not UNSEEN_MANIFEST.exists():
         return None
-    rows, meta = read_manifest(VERIFY)
+    rows, meta = read_manifest(UNSEEN_MANIFEST)
     if meta.get("kind") is None:
         return None
     if config["features"].get("precomputed"):
@@ -98,7 +98,7 @@ def _verify(p, model, config: dict, device, norm) -> tuple[dict, dict | None] | 
               "verification audio is turned into log-mels by spkid, which cannot reproduce "
               "the data set's own extraction exactly, so the verification EER is pessimistic",
               file=sys.stderr)
-    i, j, labels = verification_trials(rows, meta, seed=p.evaluate.seed,
+    i, j, labels = unseen_trials(rows, meta, seed=p.evaluate.seed,
                                        nontarget_ratio=p.evaluate.nontarget_ratio,
                                        max_trials=p.evaluate.max_trials)
     used = np.unique(np.concatenate([i, j]))
@@ -120,7 +120,3 @@ def _num(x) -> str:
 
 def _pct(x) -> str:
     return "n/a" if x is None else f"{100 * x:.2f}%"
-
-
-if __name__ == "__main__":
-    app()

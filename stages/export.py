@@ -58,7 +58,3 @@ def export(params: Path = ParamsOption):
     summary("export", f"{len(predicted)} submission rows, model with threshold "
             f"{threshold if threshold is None else round(threshold, 4)}",
             time.perf_counter() - started)
-
-
-if __name__ == "__main__":
-    app()

@@ -42,7 +42,3 @@ def index(params: Path = ParamsOption):
     summary("index", f"{len(speakers)} speakers; " + ", ".join(
         f"{r} {roles.get(r, 0)}" for r in ("train", "val", "test", "submit"))
         + f"; {sum(s['windows'] for s in segments)} crop windows", time.perf_counter() - started)
-
-
-if __name__ == "__main__":
-    app()

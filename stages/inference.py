@@ -135,7 +135,3 @@ def predict(inputs: list[Path] = typer.Argument(..., help="audio files and/or fo
     for (f, _), row in zip(files, prob):
         k = int(row.argmax())
         print(f"{f}\t{config['speakers'][k]}\t{row[k]:.4f}")
-
-
-if __name__ == "__main__":
-    app()

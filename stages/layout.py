@@ -6,7 +6,7 @@ STAGE_LOCK = Path("data/.spkid.lock")  # held while a stage runs (spkid.lock)
 RAW = Path("data/raw")
 MANIFEST = RAW / "manifest.parquet"
 SOURCE_STAMP = RAW / "source.json"
-VERIFY = RAW / "verify.parquet"  # verification audio (data.verify_dir / evaluate.trials)
+UNSEEN_MANIFEST = RAW / "verify.parquet"  # verification audio (data.verify_dir / evaluate.trials)
 DOWNLOADS = Path("data/downloads")  # download cache, outside every DVC out
 FEATURES = Path("data/features")
 INDEX = Path("data/index")
@@ -28,3 +28,6 @@ PLOTS = METRICS / "plots"  # PNG pictures of the run, declared as DVC plots
 TRAINING_PLOT = PLOTS / "training.png"
 CONFUSIONS = PLOTS / "confusions.json"
 REPORT = METRICS / "report.html"  # everything above in one self-contained page
+# The stage that writes each folder (what to run again when one is missing or stale).
+PRODUCERS = {RAW: "download", FEATURES: "features", INDEX: "index", MODEL: "train",
+             SCORE_NORM: "evaluate", EXPORT: "export"}

@@ -177,7 +177,3 @@ def _log(live, metrics: dict, step: int) -> None:
     for name, value in metrics.items():
         live.log_metric(name, value)
     live.next_step()
-
-
-if __name__ == "__main__":
-    app()

@@ -40,7 +40,7 @@ def test_round_trip_across_shards_is_memory_mapped(tmp_path):
     np.testing.assert_array_equal(np.asarray(table["features"][0].as_py(), np.float32),
                                   items[3][3].reshape(-1))
     np.testing.assert_array_equal(store.positions(["u5", "u1"]), [5, 1])
-    with pytest.raises(DataError, match="'nope'.*re-run the index"):
+    with pytest.raises(DataError, match="'nope'.*index was made from other features"):
         store.positions(["u1", "nope"])
 
 
@@ -100,8 +100,28 @@ def test_compressed_shards_from_an_older_spkid_are_refused_by_name(tmp_path):
     write_blocks(tmp_path, items, 10)
     path = shard_paths(tmp_path)[0]
     pq.write_table(pq.read_table(path), path, compression="zstd")
-    with pytest.raises(DataError, match=f"{path.name}.*zstd.*re-run the features stage"):
+    with pytest.raises(DataError, match=f"{path.name}.*zstd.*older spkid") as exc:
         open_features(tmp_path)
+    assert exc.value.output == path  # the stage layer says which step writes it again
+
+
+def test_stage_layer_names_the_step_that_makes_a_stale_input(tmp_path, monkeypatch, capsys):
+    import typer
+
+    from spkid.errors import StaleInputError
+    from stages.common import one_line_errors, remedy
+    monkeypatch.chdir(tmp_path)
+    assert remedy("data/features/shard-00000-000.parquet") == "run `spkid features` or `dvc repro`"
+    assert remedy(tmp_path / "data/raw/manifest.parquet") == "run `spkid download` or `dvc repro`"
+    assert remedy(None) == remedy("elsewhere/file") == "run `dvc repro`"
+
+    @one_line_errors
+    def command():
+        raise StaleInputError("data/index/segments.parquet: out of step", "data/index/segments.parquet")
+    with pytest.raises(typer.Exit):
+        command()
+    assert capsys.readouterr().err == ("spkid: error: data/index/segments.parquet: out of step "
+                                       "(run `spkid index` or `dvc repro`)\n")
 
 
 def test_missing_shards_named(tmp_path):

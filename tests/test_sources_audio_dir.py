@@ -12,7 +12,7 @@ import soundfile as sf
 
 from spkid.errors import DataError
 from spkid.manifest import read_manifest, write_manifest
-from spkid.sources.audio_dir import read_trials_list, scan_audio_dir, scan_verify
+from spkid.sources.audio_dir import read_trials_list, scan_audio_dir, scan_unseen_folder
 
 RNG = np.random.default_rng(0)
 
@@ -218,7 +218,7 @@ def test_speaker_called_submit_collides_with_submit_rows(corpus, tmp_path):
         scan_audio_dir(corpus, min_seconds=0.0, short="pad", submit_dir=tmp_path / "sub")
 
 
-# --- scan_verify and trial lists --------------------------------------------------------
+# --- scan_unseen_folder and trial lists --------------------------------------------------------
 
 @pytest.fixture
 def verify(tmp_path) -> Path:
@@ -230,7 +230,7 @@ def verify(tmp_path) -> Path:
 
 
 def test_scan_verify_keeps_everything(verify):
-    rows = scan_verify(verify / "wav")
+    rows = scan_unseen_folder(verify / "wav")
     assert [r.utterance_id for r in rows] == [
         "id1/v1/00001.wav", "id1/v2/00002.wav", "id2/v1/00001.wav", "id2/v2/00002.wav"]
     assert all(r.role is None for r in rows) and rows[0].speaker == "id1"
@@ -243,7 +243,7 @@ def test_read_trials_list(verify):
         "\n"
         "0\tid1/v1/00001.wav   id2/v2/00002.wav\n")
     trials = read_trials_list(verify / "wav" / "trials.txt")
-    rows = {Path(r.path): r for r in scan_verify(verify / "wav")}
+    rows = {Path(r.path): r for r in scan_unseen_folder(verify / "wav")}
     assert [(label, rows[a].utterance_id, rows[b].utterance_id) for label, a, b in trials] == [
         (1, "id1/v1/00001.wav", "id1/v2/00002.wav"),
         (0, "id1/v1/00001.wav", "id2/v2/00002.wav")]

@@ -74,7 +74,7 @@ def scan_audio_dir(folder: str | Path, *, min_seconds: float, short: str,
     return rows, {"format": "audio", "skipped_short": skipped, "speakers": speakers}
 
 
-def scan_verify(folder: str | Path) -> list[ManifestRow]:
+def scan_unseen_folder(folder: str | Path) -> list[ManifestRow]:
     """Rows (role None) for a verification folder of unseen speakers, same layout as
     scan_audio_dir. Nothing is left out for being short: a trial list may name any file,
     and a missing trial would silently change the reported EER."""
@@ -88,7 +88,7 @@ def read_trials_list(path: str | Path, audio_root: str | Path | None = None
     label 1 = same speaker, 0 = different) or `enroll_path test_path target|nontarget`
     (Kaldi's and WeSpeaker's). Paths are relative to `audio_root`, by
     default the list file's folder, and come back absolute and normalised (symlinks are
-    not resolved, so they compare equal to the `path` of scan_verify's rows when both
+    not resolved, so they compare equal to the `path` of scan_unseen_folder's rows when both
     are given the same folder). Blank lines and lines starting with # are ignored;
     paths cannot contain spaces."""
     path = Path(path)

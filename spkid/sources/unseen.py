@@ -1,4 +1,4 @@
-"""Verification on unseen speakers: which recordings `evaluate` scores besides val/test.
+"""Unseen speakers: which recordings `evaluate` scores besides val/test, and the trials.
 
 Two ways to name them (both may be given):
 
@@ -8,9 +8,9 @@ Two ways to name them (both may be given):
     trials       a VoxCeleb-style list, one `label enroll_path test_path` per line; paths
                  are relative to verify_dir when it is given, else to the list's folder
 
-`scan_verification` turns either into manifest rows with size/mtime fingerprints (the
+`scan_unseen_speakers` turns either into manifest rows with size/mtime fingerprints (the
 `download` stage writes them to data/raw/verify.parquet, so DVC re-runs `evaluate` when a
-file changes) and `verification_trials` turns the rows back into scored pairs.
+file changes) and `unseen_trials` turns the rows back into scored pairs.
 """
 
 from __future__ import annotations
@@ -21,14 +21,14 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from spkid.errors import DataError
+from spkid.errors import DataError, StaleInputError
 from spkid.manifest import ManifestRow
-from spkid.sources.audio_dir import check_audio, read_trials_list, scan_verify
+from spkid.sources.audio_dir import check_audio, read_trials_list, scan_unseen_folder
 
 FORMAT = "verify"
 
 
-def scan_verification(verify_dir: str | Path | None, trials: str | Path | None
+def scan_unseen_speakers(verify_dir: str | Path | None, trials: str | Path | None
                       ) -> tuple[list[ManifestRow], dict]:
     """(rows, meta) for the verification audio; no rows when neither is given.
 
@@ -39,7 +39,7 @@ def scan_verification(verify_dir: str | Path | None, trials: str | Path | None
         return [], {"format": FORMAT, "kind": None}
     if trials is None:
         folder = Path(os.path.abspath(verify_dir))
-        rows = scan_verify(folder)
+        rows = scan_unseen_folder(folder)
         return rows, {"format": FORMAT, "kind": "dir", "verify_dir": str(folder),
                       "speakers": sorted({r.speaker for r in rows})}
 
@@ -65,7 +65,7 @@ def scan_verification(verify_dir: str | Path | None, trials: str | Path | None
                   "audio_root": str(root), "trials_sha256": digest, "pairs": len(pairs)}
 
 
-def verification_trials(rows: list[ManifestRow], meta: dict, *, seed: int,
+def unseen_trials(rows: list[ManifestRow], meta: dict, *, seed: int,
                         nontarget_ratio: float, max_trials: int
                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(i, j, label) int64 arrays of trials over `rows` (label 1 = same speaker)."""
@@ -80,15 +80,14 @@ def verification_trials(rows: list[ManifestRow], meta: dict, *, seed: int,
     if not trials.is_file():
         raise DataError(f"{trials}: trial list not found")
     if hashlib.sha256(trials.read_bytes()).hexdigest() != meta.get("trials_sha256"):
-        raise DataError(f"{trials}: trial list changed since the download stage read it "
-                        "(run `dvc repro` again)")
+        raise StaleInputError(f"{trials}: trial list changed since it was scanned")
     where = {r.path: k for k, r in enumerate(rows)}
     index = []
     for label, a, b in read_trials_list(trials, meta["audio_root"]):
         if str(a) not in where or str(b) not in where:
             missing = a if str(a) not in where else b
-            raise DataError(f"{missing}: named by {trials} but not in the verification "
-                            "manifest (run `dvc repro` again)")
+            raise StaleInputError(f"{missing}: named by {trials} but not in the verification "
+                                  "manifest")
         index.append((where[str(a)], where[str(b)], label))
     arr = np.asarray(index, dtype=np.int64).reshape(-1, 3)
     return arr[:, 0], arr[:, 1], arr[:, 2]
