@@ -8,6 +8,8 @@ import numpy as np
 from spkid import metrics
 from spkid.score_norm import cosine_scores
 
+ROLES = ("val", "test")
+
 
 def verification(scores: np.ndarray, labels: np.ndarray) -> tuple[dict, dict]:
     """(metrics, DET curve) for trial scores; metrics hold eer, min_dcf_p01/p05, trials."""
@@ -65,73 +67,55 @@ def _verify_scores(scores: np.ndarray, labels: np.ndarray) -> tuple[dict, dict |
     return verification(scores, labels)
 
 
-# --- raw audio -> embeddings ---------------------------------------------------------------
+def score_roles(scoring, views: dict, e, norm) -> tuple[dict, dict, dict]:
+    """(metrics, DET curves, ViewOutputs) by role of the labelled views `views[role]`, with
+    `scoring` (spkid.inference.Scoring), the evaluate params `e` and a ScoreNorm."""
+    report, curves, outputs = {}, {}, {}
+    for role, part in views.items():
+        outputs[role] = scored = scoring.embed(part, e.batch_frames, labels=part["speaker_id"])
+        report[role], curves[role] = score_role(
+            scored.embeddings, scored.true_rank, np.asarray(part["speaker_id"]), seed=e.seed,
+            nontarget_ratio=e.nontarget_ratio, max_trials=e.max_trials, norm=norm)
+    return report, curves, outputs
 
-def extractor_for_model(features: dict):
-    """The LogMelExtractor a model's inputs were made with (model.json["features"])."""
-    from spkid.features import LogMelExtractor
-    return LogMelExtractor(features["sample_rate"], features["n_mels"], features["n_fft"],
-                           features["hop_length"], features["f_min"], features.get("f_max"))
+
+def score_unseen(scoring, rows, meta: dict, e, norm, *, progress: bool = False
+                 ) -> tuple[dict, dict | None]:
+    """Verification metrics and DET curve of the unseen-speaker recordings `rows` (their
+    manifest and meta from spkid.sources.unseen): decoded, turned into log-mels with the
+    model's own feature params and embedded whole."""
+    from spkid.inference import embed_audio_files, extractor_for_model
+    from spkid.sources.unseen import unseen_trials
+    i, j, labels = unseen_trials(rows, meta, seed=e.seed, nontarget_ratio=e.nontarget_ratio,
+                                 max_trials=e.max_trials)
+    used = np.unique(np.concatenate([i, j]))
+    emb = np.zeros((len(rows), scoring.model.embedding_dim), np.float32)
+    emb[used] = embed_audio_files(scoring.model, extractor_for_model(scoring.config["features"]),
+                                  [rows[k].path for k in used], e.batch_frames, scoring.device,
+                                  progress=progress)
+    result, curve = score_trials(emb, i, j, labels, norm)
+    result["recordings"] = int(len(used))
+    speakers = {rows[k].speaker for k in used if rows[k].speaker is not None}
+    if speakers:
+        result["speakers"] = len(speakers)
+    return result, curve
 
 
-def embed_audio_files(model, extractor, paths, batch_frames: int, device, *,
-                      extract_batch: int = 32, chunk_frames: int | None = None,
-                      progress: bool = False) -> np.ndarray:
-    """(len(paths), embedding_dim) float32 embeddings of whole recordings, in the order of
-    `paths`: decode (spkid.audio.read_audio), log-mels with `extractor`, then the model's
-    embedding on batches of similar length with padding masks, as for val/test views.
+def det_json(curve: dict | None) -> dict:
+    """A role's DET operating points as metrics/det/<role>.json holds them."""
+    return {"det": [{"fpr": a, "fnr": b} for a, b in zip(curve["fpr"], curve["fnr"])]
+            if curve else []}
 
-    Files are handled in duration order (read from the headers), a chunk of about
-    `chunk_frames` frames at a time (default 16 * batch_frames), so memory stays bounded
-    whatever the number of files. A file that cannot be decoded raises DataError naming it.
-    """
-    import torch
-    from tqdm import tqdm
 
-    from spkid.audio import audio_info, read_audio
-    from spkid.batching import view_batches
-    from spkid.shards import FeatureStore
-    from spkid.device import autocast
-
-    paths = [str(p) for p in paths]
-    device = torch.device(device)
-    dim = model.embedding_dim
-    out = np.zeros((len(paths), dim), np.float32)
-    if not paths:
-        return out
-    frames_per_s = extractor.sample_rate / extractor.hop_length
-    est = np.array([audio_info(p)[0] * frames_per_s + 1 for p in paths])
-    order = np.argsort(est, kind="stable")
-    budget = chunk_frames or 16 * batch_frames
-    chunks, chunk, size = [], [], 0.0
-    for k in order:
-        if chunk and size + est[k] > budget:
-            chunks.append(chunk)
-            chunk, size = [], 0.0
-        chunk.append(int(k))
-        size += est[k]
-    chunks.append(chunk)
-
-    was_training = model.training
-    model.eval()
-    bar = tqdm(total=len(paths), desc="embed", unit="file", disable=not progress)
-    try:
-        for chunk in chunks:
-            feats = []
-            for s in range(0, len(chunk), extract_batch):
-                waves = [read_audio(paths[k], extractor.sample_rate)
-                         for k in chunk[s:s + extract_batch]]
-                feats += extractor(waves)
-            store = FeatureStore.from_matrices([paths[k] for k in chunk], feats)
-            length = store.length
-            for batch in view_batches(length, batch_frames):
-                batch = np.asarray(batch, np.int64)
-                x, mask = store.crops(batch, np.zeros(len(batch), np.int64), length[batch])
-                with torch.no_grad(), autocast(device):
-                    emb = model.embed(torch.from_numpy(x).to(device), torch.from_numpy(mask).to(device))
-                out[np.asarray(chunk)[batch]] = emb.float().cpu().numpy()
-            bar.update(len(chunk))
-    finally:
-        bar.close()
-        model.train(was_training)
-    return out
+def summary_text(report: dict, norm_kind: str | None) -> str:
+    """The evaluate stage's one-line summary."""
+    num = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
+    pct = lambda x: "n/a" if x is None else f"{100 * x:.2f}%"  # noqa: E731
+    text = "; ".join(f"{r}: top1 {num(report[r]['accuracy_top1'])}, EER {pct(report[r]['eer'])}"
+                     for r in ROLES)
+    if "verify" in report:
+        v = report["verify"]
+        text += f"; verify: EER {pct(v['eer'])} over {v['trials']} trials"
+        if norm_kind:
+            text += f" ({norm_kind} {pct(v[norm_kind]['eer'])})"
+    return text

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from spkid.batching import view_batches
 from spkid.device import autocast
+from spkid.inference import embed_views
 from spkid.shards import FeatureStore
 
 
@@ -24,46 +24,6 @@ def warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
         progress = (step - warmup) / max(1, total - warmup)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
     return factor
-
-
-@dataclass
-class ViewOutputs:
-    """What scoring needs of each view, O(views) whatever the number of classes."""
-    embeddings: np.ndarray  # (N, embedding_dim)
-    predicted: np.ndarray  # (N,) class with the highest logit
-    true_rank: np.ndarray | None  # (N,) classes scored strictly above the true one
-
-
-@torch.no_grad()
-def embed_views(model, store: FeatureStore, views, batch_frames: int, device: torch.device,
-                *, labels=None, max_frames: int = 0) -> ViewOutputs:
-    """Embeddings and closed-set predictions of whole views (or their middle `max_frames`
-    frames), batched by length with padding masks, in the order of `views`."""
-    was_training = model.training
-    model.eval()
-    pos = store.positions(views["source_id"])
-    starts = np.asarray(views["start_frame"], np.int64)
-    lengths = np.asarray(views["num_frames"], np.int64)
-    if max_frames:
-        starts = starts + np.maximum(0, lengths - max_frames) // 2
-        lengths = np.minimum(lengths, max_frames)
-    n = len(lengths)
-    out = ViewOutputs(np.zeros((n, model.embedding_dim), np.float32), np.zeros(n, np.int64),
-                      None if labels is None else np.zeros(n, np.int64))
-    for batch in view_batches(lengths, batch_frames):
-        batch = np.asarray(batch, np.int64)
-        x, mask = store.crops(pos[batch], starts[batch], lengths[batch])
-        with autocast(device):
-            e, z = model(torch.from_numpy(x).to(device), torch.from_numpy(mask).to(device))
-        z = z.float()
-        out.embeddings[batch] = e.float().cpu().numpy()
-        out.predicted[batch] = z.argmax(1).cpu().numpy()
-        if labels is not None:
-            y = torch.as_tensor(np.asarray(labels, np.int64)[batch], device=z.device)
-            true = z.gather(1, y[:, None])
-            out.true_rank[batch] = (z > true).sum(1).cpu().numpy()
-    model.train(was_training)
-    return out
 
 
 def subset_views(views: dict, count: int, seed: int) -> dict:

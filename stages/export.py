@@ -9,15 +9,13 @@ from pathlib import Path
 import typer
 
 from spkid.atomic import atomic_dir
-from spkid.checkpoint import load_model_dir, save_model_dir
+from spkid.checkpoint import save_model_dir
 from spkid.index import read_views
 from spkid.export import provenance, write_submission
 from spkid.onnx_export import ONNX_FILE, export_onnx, missing as onnx_missing
 from spkid.params import load_params
 from spkid.score_norm import ScoreNorm, shipped_threshold
-from spkid.shards import open_features
-from spkid.device import pick_device
-from spkid.training import embed_views
+from spkid.inference import Scoring
 from stages.common import ParamsOption, exclusive, one_line_errors, summary
 from stages.layout import (EVAL_METRICS, EXPORT, EXPORT_MODEL, FEATURES, MODEL, SCORE_NORM,
                            SUBMISSION, VIEWS)
@@ -32,12 +30,10 @@ def export(params: Path = ParamsOption):
     """Predict the submit utterances and package the model with its threshold."""
     started = time.perf_counter()
     p = load_params(params)
-    device = pick_device(p.train.device)
-    model, config = load_model_dir(MODEL, device)
+    scoring = Scoring.open(MODEL, FEATURES, p.train.device)
+    model, config = scoring.model, scoring.config
     submit = read_views(VIEWS, ["submit"])["submit"]
-    store = open_features(FEATURES)
-    scored = embed_views(model, store, submit, p.evaluate.batch_frames, device)
-    predicted = [config["speakers"][k] for k in scored.predicted]
+    predicted = [config["speakers"][k] for k in scoring.embed(submit, p.evaluate.batch_frames).predicted]
     scores = json.loads(EVAL_METRICS.read_text())
     # The val split chose the model, so its EER threshold is the operating point we ship,
     # of the score normalised as evaluate measured it (issue 9).

@@ -18,7 +18,7 @@ import typer
 from spkid.atomic import atomic_path
 from spkid.audio import AUDIO_SUFFIXES
 from spkid.errors import DataError
-from spkid.evaluation import embed_audio_files, extractor_for_model
+from spkid.inference import embed_audio_files, extractor_for_model
 from spkid.onnx_export import load_embedder
 from spkid.sources.audio_dir import find_audio
 from spkid.device import pick_device

@@ -112,7 +112,7 @@ def test_whole_utterance_embedding_ignores_its_batch_mates(encoder):
     """Through the batching that evaluate, export and `spkid embed` use: an utterance's
     embedding is the same alone, in one padded batch with all others, or in another order."""
     from spkid.shards import FeatureStore
-    from spkid.training import embed_views
+    from spkid.inference import embed_views
     torch.manual_seed(2)
     net = make_net(encoder=encoder, pooling="asp", **ENCODER_SETTINGS[encoder])
     randomize_norms(net, seed=2)

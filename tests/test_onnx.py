@@ -61,7 +61,8 @@ def test_same_eer_and_the_cli_accepts_the_onnx_file(tmp_path):
     """The exported folder of a default-encoder model, with a training mean and an AS-norm
     cohort: both backends give the same embeddings, EER and `spkid verify` result."""
     from spkid.checkpoint import build_model, save_model_dir
-    from spkid.evaluation import embed_audio_files, extractor_for_model, score_trials
+    from spkid.evaluation import score_trials
+    from spkid.inference import embed_audio_files, extractor_for_model
     from spkid.features import LogMelExtractor
     from spkid.metrics import sample_trials
     from spkid.params import validate_params

@@ -495,9 +495,9 @@ def test_embed_audio_files_matches_the_feature_shards(project, tmp_path, capsys)
     """Raw audio embedded on the fly gives the embedding of the same file's stored
     features, whatever batch it lands in."""
     from spkid.checkpoint import load_model_dir
-    from spkid.evaluation import embed_audio_files, extractor_for_model
+    from spkid.inference import embed_audio_files, extractor_for_model
     from spkid.shards import open_features
-    from spkid.training import embed_views
+    from spkid.inference import embed_views
 
     data = make_audio_dir(tmp_path / "audio", speakers=3, per_speaker=4, seconds=(0.6, 3.0))
     write_params(project / "params.yaml", merged(TINY_TRAIN, {"data": {"source": "audio_dir",

@@ -8,7 +8,8 @@ from spkid.errors import DataError
 from spkid.params import validate_params
 from spkid.shards import FeatureStore
 from spkid.index import crop_windows
-from spkid.training import embed_views, subset_views, train, warmup_cosine
+from spkid.inference import embed_views
+from spkid.training import subset_views, train, warmup_cosine
 
 N_MELS, SPEAKERS = 8, 3
 

@@ -1,0 +1,143 @@
+"""A trained model applied to inputs: embeddings and closed-set predictions of feature-store
+views (val, test, submit) and of audio files (unseen speakers, `spkid embed`), whole
+utterances batched by length with padding masks, so an embedding does not depend on its
+batch. Used by training's validation, evaluate, export and the inference commands."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from spkid.batching import view_batches
+from spkid.device import autocast, pick_device
+from spkid.shards import FeatureStore
+
+
+@dataclass
+class Scoring:
+    """What scoring stored features with a trained model needs: the model, its config
+    (model.json), the device it runs on and the feature store."""
+    model: torch.nn.Module
+    config: dict
+    device: torch.device
+    store: FeatureStore
+
+    @classmethod
+    def open(cls, model_dir, features_dir, device: str) -> "Scoring":
+        from spkid.checkpoint import load_model_dir
+        from spkid.shards import open_features
+        where = pick_device(device)
+        model, config = load_model_dir(model_dir, where)
+        return cls(model, config, where, open_features(features_dir))
+
+    def embed(self, views, batch_frames: int, *, labels=None) -> "ViewOutputs":
+        return embed_views(self.model, self.store, views, batch_frames, self.device, labels=labels)
+
+
+@dataclass
+class ViewOutputs:
+    """What scoring needs of each view, O(views) whatever the number of classes."""
+    embeddings: np.ndarray  # (N, embedding_dim)
+    predicted: np.ndarray  # (N,) class with the highest logit
+    true_rank: np.ndarray | None  # (N,) classes scored strictly above the true one
+
+
+@torch.no_grad()
+def embed_views(model, store: FeatureStore, views, batch_frames: int, device: torch.device,
+                *, labels=None, max_frames: int = 0) -> ViewOutputs:
+    """Embeddings and closed-set predictions of whole views (or their middle `max_frames`
+    frames), batched by length with padding masks, in the order of `views`."""
+    was_training = model.training
+    model.eval()
+    pos = store.positions(views["source_id"])
+    starts = np.asarray(views["start_frame"], np.int64)
+    lengths = np.asarray(views["num_frames"], np.int64)
+    if max_frames:
+        starts = starts + np.maximum(0, lengths - max_frames) // 2
+        lengths = np.minimum(lengths, max_frames)
+    n = len(lengths)
+    out = ViewOutputs(np.zeros((n, model.embedding_dim), np.float32), np.zeros(n, np.int64),
+                      None if labels is None else np.zeros(n, np.int64))
+    for batch in view_batches(lengths, batch_frames):
+        batch = np.asarray(batch, np.int64)
+        x, mask = store.crops(pos[batch], starts[batch], lengths[batch])
+        with autocast(device):
+            e, z = model(torch.from_numpy(x).to(device), torch.from_numpy(mask).to(device))
+        z = z.float()
+        out.embeddings[batch] = e.float().cpu().numpy()
+        out.predicted[batch] = z.argmax(1).cpu().numpy()
+        if labels is not None:
+            y = torch.as_tensor(np.asarray(labels, np.int64)[batch], device=z.device)
+            true = z.gather(1, y[:, None])
+            out.true_rank[batch] = (z > true).sum(1).cpu().numpy()
+    model.train(was_training)
+    return out
+
+
+
+def extractor_for_model(features: dict):
+    """The LogMelExtractor a model's inputs were made with (model.json["features"])."""
+    from spkid.features import LogMelExtractor
+    return LogMelExtractor(features["sample_rate"], features["n_mels"], features["n_fft"],
+                           features["hop_length"], features["f_min"], features.get("f_max"))
+
+
+def embed_audio_files(model, extractor, paths, batch_frames: int, device, *,
+                      extract_batch: int = 32, chunk_frames: int | None = None,
+                      progress: bool = False) -> np.ndarray:
+    """(len(paths), embedding_dim) float32 embeddings of whole recordings, in the order of
+    `paths`: decode (spkid.audio.read_audio), log-mels with `extractor`, then the model's
+    embedding on batches of similar length with padding masks, as for val/test views.
+
+    Files are handled in duration order (read from the headers), a chunk of about
+    `chunk_frames` frames at a time (default 16 * batch_frames), so memory stays bounded
+    whatever the number of files. A file that cannot be decoded raises DataError naming it.
+    """
+    from tqdm import tqdm
+
+    from spkid.audio import audio_info, read_audio
+
+    paths = [str(p) for p in paths]
+    device = torch.device(device)
+    dim = model.embedding_dim
+    out = np.zeros((len(paths), dim), np.float32)
+    if not paths:
+        return out
+    frames_per_s = extractor.sample_rate / extractor.hop_length
+    est = np.array([audio_info(p)[0] * frames_per_s + 1 for p in paths])
+    order = np.argsort(est, kind="stable")
+    budget = chunk_frames or 16 * batch_frames
+    chunks, chunk, size = [], [], 0.0
+    for k in order:
+        if chunk and size + est[k] > budget:
+            chunks.append(chunk)
+            chunk, size = [], 0.0
+        chunk.append(int(k))
+        size += est[k]
+    chunks.append(chunk)
+
+    was_training = model.training
+    model.eval()
+    bar = tqdm(total=len(paths), desc="embed", unit="file", disable=not progress)
+    try:
+        for chunk in chunks:
+            feats = []
+            for s in range(0, len(chunk), extract_batch):
+                waves = [read_audio(paths[k], extractor.sample_rate)
+                         for k in chunk[s:s + extract_batch]]
+                feats += extractor(waves)
+            store = FeatureStore.from_matrices([paths[k] for k in chunk], feats)
+            length = store.length
+            for batch in view_batches(length, batch_frames):
+                batch = np.asarray(batch, np.int64)
+                x, mask = store.crops(batch, np.zeros(len(batch), np.int64), length[batch])
+                with torch.no_grad(), autocast(device):
+                    emb = model.embed(torch.from_numpy(x).to(device), torch.from_numpy(mask).to(device))
+                out[np.asarray(chunk)[batch]] = emb.float().cpu().numpy()
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+        model.train(was_training)
+    return out
