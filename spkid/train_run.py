@@ -1,0 +1,152 @@
+"""One training run around the loop of spkid.training: what it resumes from, where its
+curves and checkpoints go, and what it leaves when it ends (the model folder and its
+metrics). The files are given by the caller (`RunFiles`); nothing here knows the
+repository layout."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from spkid.atomic import atomic_dir, write_json
+from spkid.averaging import ValidationCheckpoints, average_checkpoints
+from spkid.checkpoint import WEIGHTS, resumable, save_model_dir, save_torch, save_weights
+from spkid.errors import DataError
+from spkid.training import trim_curves, validation_accuracy, validation_views
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    checkpoints: Path  # resumable state, kept validation states
+    curves: Path  # dvclive folder
+    model: Path  # the model folder the run leaves
+    metrics: Path  # its summary JSON
+
+    @property
+    def last(self) -> Path:
+        return self.checkpoints / "last.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.checkpoints / "best.pt"
+
+
+def fingerprint(p, data_files: list[Path]) -> str:
+    """What a checkpoint must match to be resumed: the training params and the data."""
+    h = hashlib.sha256(json.dumps([p.model.to_dict(), p.loss.to_dict(), p.train.to_dict(),
+                                   p.index.segment_len], sort_keys=True).encode())
+    for f in data_files:
+        h.update(Path(f).read_bytes())
+    return h.hexdigest()
+
+
+def augmenter(p):
+    """The feature-domain augmentation train.augment asks for, as one (x, mask) -> x step."""
+    from spkid.augment import NoiseAugment, SpecAugment, load_noise
+    from spkid.features import LogMelExtractor
+    a = p.train.augment
+    steps = []
+    if a.specaugment:
+        steps.append(lambda x, mask, f=SpecAugment(a.time_masks, a.time_mask_width, a.freq_masks,
+                                                   a.freq_mask_width): f(x))
+    if a.noise_dir:
+        steps.append(NoiseAugment(load_noise(a.noise_dir, LogMelExtractor.from_params(p.features)),
+                                  tuple(a.snr_db), a.noise_prob))
+
+    def augment(x, mask):
+        for step in steps:
+            x = step(x, mask)
+        return x
+    return augment
+
+
+def begin(files: RunFiles, fingerprint: str, average_last: int, rank: int
+          ) -> tuple[dict | None, str, ValidationCheckpoints]:
+    """(state to resume or None, why not resumed ("" when resumed or nothing to resume),
+    the kept validation states). Rank 0 clears what a fresh run must not inherit and
+    trims what a resumed run will log again."""
+    resume, why = resumable(files.last, files.best, fingerprint)
+    if rank == 0 and resume is None:
+        shutil.rmtree(files.checkpoints, ignore_errors=True)
+        shutil.rmtree(files.curves, ignore_errors=True)
+    files.checkpoints.mkdir(parents=True, exist_ok=True)
+    kept = ValidationCheckpoints(files.checkpoints, average_last)
+    if rank == 0 and resume is not None:
+        # Validations logged after this checkpoint will be logged again: drop them.
+        trim_curves(files.curves, resume["progress"]["step"])
+        kept.drop_after(resume["progress"]["step"])
+    return resume, why, kept
+
+
+def savers(files: RunFiles, fingerprint: str):
+    """(save_best, save_checkpoint) callbacks for spkid.training.train."""
+    return (lambda state: save_torch(files.best, state),
+            lambda snap: save_torch(files.last, {**snap, "fingerprint": fingerprint}))
+
+
+class CurveLog:
+    """Per-validation metrics to dvclive's TSV curves (rank 0 only)."""
+
+    def __init__(self, folder: Path, resume: bool):
+        from dvclive import Live
+        # dvc.yaml is hand-written: dvclive must not rewrite it or create experiments itself.
+        self.folder = Path(folder)
+        self.live = Live(dir=str(folder), resume=resume, dvcyaml=None, save_dvc_exp=False,
+                         report=None)
+
+    def __call__(self, metrics: dict, step: int) -> None:
+        self.live.step = step
+        for name, value in metrics.items():
+            self.live.log_metric(name, value)
+        self.live.next_step()
+
+    def end(self) -> None:
+        self.live.end()
+        # dvclive's own summary would duplicate the run's metrics file.
+        (self.folder / "metrics.json").unlink(missing_ok=True)
+
+
+def finish(files: RunFiles, p, config: dict, model, result, kept: ValidationCheckpoints,
+           val: dict, store, device) -> dict:
+    """Write the model folder (the best checkpoint, or the average of the kept validation
+    states) and the metrics file; remove the resumable state. Returns the averaging
+    summary ({} without averaging)."""
+    if not files.best.exists():
+        raise DataError(f"{files.best}: training ended without a checkpoint")
+    averaged, average = None, {}
+    if kept.enabled:  # the model is the average of the kept states, not the best single one
+        views, labels = validation_views(val, p.train)
+        averaged, average = average_checkpoints(kept, model, lambda m: None if labels is None else
+                                                validation_accuracy(
+                                                    m, store, views, labels, p.evaluate.batch_frames,
+                                                    p.train.valid_max_frames, device))
+    with atomic_dir(files.model) as tmp:
+        if averaged is None:
+            shutil.copyfile(files.best, tmp / WEIGHTS)
+        else:
+            save_weights(tmp, averaged)
+        save_model_dir(tmp, None, {**config, "best_step": result.best_step, **average})
+    write_json(files.metrics, {
+        "best_val_accuracy": result.best_val_accuracy, "best_step": result.best_step,
+        "final_train_loss": result.final_train_loss,
+        "final_train_accuracy": result.final_train_accuracy, "steps": result.step,
+        "parameters": sum(t.numel() for t in model.parameters()), **average})
+    # A finished run leaves nothing to resume: a forced re-run trains again.
+    files.last.unlink(missing_ok=True)
+    files.best.unlink(missing_ok=True)
+    kept.clear()
+    return average
+
+
+def summary_text(result, device, world: int, average: dict) -> str:
+    text = (f"{result.step} steps on {device} x{world}, best val accuracy "
+            f"{result.best_val_accuracy:.3f} at step {result.best_step}; validation took "
+            f"{result.validation_seconds:.1f} s")
+    if average:
+        acc = average["averaged_val_accuracy"]
+        text += (f"; the model averages the last {average['averaged_checkpoints']} validations"
+                 + ("" if acc is None else f" (val accuracy {acc:.3f})"))
+    return text
