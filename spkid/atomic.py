@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import filecmp
 import os
 import re
 import shutil
@@ -119,3 +120,34 @@ def write_text(path: str | Path, text: str) -> None:
 
 def write_json(path: str | Path, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+class _Unchanged(Exception):
+    """Raised inside replace_if_changed to keep the old target."""
+
+
+def replace_if_changed(target: Path, write, is_dir: bool = True) -> bool:
+    """Build the new `target` in a temporary sibling with write(tmp) and put it in place
+    in one rename, unless it is byte for byte what is already there: then the old one
+    stays untouched (same mtimes, so DVC need not even re-hash it). Returns whether it
+    was replaced."""
+    try:
+        with (atomic_dir(target) if is_dir else atomic_path(target)) as tmp:
+            write(tmp)
+            if _same(tmp, target, is_dir):
+                raise _Unchanged
+    except _Unchanged:
+        return False
+    return True
+
+
+def _same(new: Path, old: Path, is_dir: bool) -> bool:
+    if not is_dir:
+        return old.is_file() and filecmp.cmp(new, old, shallow=False)
+    if not old.is_dir():
+        return False
+    names = sorted(f.name for f in new.iterdir())
+    if names != sorted(f.name for f in old.iterdir()):
+        return False
+    return all((new / n).is_file() and (old / n).is_file()
+               and filecmp.cmp(new / n, old / n, shallow=False) for n in names)
