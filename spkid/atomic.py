@@ -12,8 +12,8 @@ host, because a pid means nothing on another machine sharing the folder.
 from __future__ import annotations
 
 import contextlib
-import json
 import filecmp
+import json
 import os
 import re
 import shutil
@@ -21,6 +21,8 @@ import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+from spkid.errors import DataError
 
 _HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
 
@@ -151,3 +153,16 @@ def _same(new: Path, old: Path, is_dir: bool) -> bool:
         return False
     return all((new / n).is_file() and (old / n).is_file()
                and filecmp.cmp(new / n, old / n, shallow=False) for n in names)
+
+
+def check_writable(out: Path) -> None:
+    """Fail before any embedding is computed where the result could not be written."""
+    if out.is_dir():
+        raise DataError(f"{out}: is a folder (--out names the Parquet file to write)")
+    folder = Path(os.path.abspath(out)).parent
+    while not folder.exists():  # atomic_path creates the missing folders
+        folder = folder.parent
+    if not folder.is_dir():
+        raise DataError(f"{out}: cannot be created: {folder} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise DataError(f"{out}: cannot be written: no write permission in {folder}")

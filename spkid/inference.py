@@ -6,6 +6,7 @@ batch. Used by training's validation, evaluate, export and the inference command
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -141,3 +142,46 @@ def embed_audio_files(model, extractor, paths, batch_frames: int, device, *,
         bar.close()
         model.train(was_training)
     return out
+
+
+# --- exported models on audio files (spkid embed / verify / predict) ---------------------
+
+@dataclass
+class AudioEmbedder:
+    """An exported model (PyTorch folder or model.onnx) with what scoring audio needs:
+    its config, the score normalisation export shipped and the feature extractor."""
+    model: object
+    config: dict
+    norm: object  # spkid.score_norm.ScoreNorm
+    device: torch.device
+    batch_frames: int = 20000
+
+    @classmethod
+    def load(cls, path, device: str) -> "AudioEmbedder":
+        from spkid.onnx_export import load_embedder
+        return cls(*load_embedder(path, pick_device(device)))
+
+    def embed(self, paths) -> np.ndarray:
+        """Raw embeddings of whole recordings, in order."""
+        return embed_audio_files(self.model, extractor_for_model(self.config["features"]),
+                                 paths, self.batch_frames, self.device)
+
+
+def audio_inputs(inputs) -> list[tuple[Path, str | None]]:
+    """(file, speaker) pairs of files and folders given on a command line: folders are
+    searched recursively and the first folder level below a given folder names the speaker."""
+    from spkid.audio import AUDIO_SUFFIXES
+    from spkid.errors import DataError
+    from spkid.sources.audio_dir import find_audio
+    found = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            files = find_audio(item)
+            if not files:
+                raise DataError(f"{item}: no audio files ({', '.join(AUDIO_SUFFIXES)})")
+            found += [(item / f, f.split("/")[0] if "/" in f else None) for f in files]
+        elif item.is_file():
+            found.append((item, None))
+        else:
+            raise DataError(f"{item}: no such file or folder")
+    return found
