@@ -171,6 +171,10 @@ SCHEMA: dict[str, Any] = {
         "cohort_per_speaker": _f("int", 20, "training utterances embedded per speaker for the "
                                  "mean and the AS-norm cohort, a seeded sample (0 = all)", min=0),
     },
+    "export": {
+        "onnx": _f("bool", True, "also write data/export/model/model.onnx (needs the onnx "
+                   "extra: pip install -e '.[onnx]')"),
+    },
 }
 
 

@@ -15,7 +15,7 @@ from spkid.atomic import atomic_dir, write_json
 from spkid.averaging import ValidationCheckpoints, average_checkpoints
 from spkid.checkpoint import WEIGHTS, resumable, save_model_dir, save_torch, save_weights
 from spkid.errors import DataError
-from spkid.training import trim_curves, validation_accuracy, validation_views
+from spkid.training import RunHooks, trim_curves, validation_accuracy, validation_views
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,7 @@ class RunFiles:
     curves: Path  # dvclive folder
     model: Path  # the model folder the run leaves
     metrics: Path  # its summary JSON
+    picture: Path  # the training curves as a PNG
 
     @property
     def last(self) -> Path:
@@ -32,6 +33,21 @@ class RunFiles:
     @property
     def best(self) -> Path:
         return self.checkpoints / "best.pt"
+
+
+def new_model(p, n_mels: int, speakers: list[str], feature_meta: dict, rank: int):
+    """(config, model) of a fresh run: the same initial weights on every rank, then a
+    per-rank seed so dropout differs between ranks."""
+    import torch
+
+    from spkid.checkpoint import build_model, model_config
+    config = model_config(p, n_mels, speakers, {**feature_meta["features"],
+                                                "precomputed": feature_meta["precomputed"]})
+    torch.manual_seed(p.train.seed)
+    model = build_model(config)
+    if rank > 0:
+        torch.manual_seed(p.train.seed + rank)
+    return config, model
 
 
 def fingerprint(p, data_files: list[Path]) -> str:
@@ -81,10 +97,12 @@ def begin(files: RunFiles, fingerprint: str, average_last: int, rank: int
     return resume, why, kept
 
 
-def savers(files: RunFiles, fingerprint: str):
-    """(save_best, save_checkpoint) callbacks for spkid.training.train."""
-    return (lambda state: save_torch(files.best, state),
-            lambda snap: save_torch(files.last, {**snap, "fingerprint": fingerprint}))
+def hooks(files: RunFiles, fingerprint: str, log, kept: ValidationCheckpoints) -> RunHooks:
+    """Where the loop of spkid.training hands its states and metrics: the run's files."""
+    return RunHooks(save_best=lambda weights: save_torch(files.best, weights),
+                    save_checkpoint=lambda snap: save_torch(files.last,
+                                                            {**snap, "fingerprint": fingerprint}),
+                    log=log or RunHooks.log, save_validated=kept.save if kept.enabled else None)
 
 
 class CurveLog:
@@ -111,9 +129,12 @@ class CurveLog:
 
 def finish(files: RunFiles, p, config: dict, model, result, kept: ValidationCheckpoints,
            val: dict, store, device) -> dict:
-    """Write the model folder (the best checkpoint, or the average of the kept validation
-    states) and the metrics file; remove the resumable state. Returns the averaging
+    """Draw the training curves; write the model folder (the best checkpoint, or the average
+    of the kept validation states) and the metrics file; remove the resumable state. Returns the averaging
     summary ({} without averaging)."""
+    from spkid.plots import dvclive_curves, training_curves
+    training_curves(dvclive_curves(files.curves / "plots" / "metrics"), files.picture,
+                    margin=None if p.loss.name == "softmax" else p.loss.m)
     if not files.best.exists():
         raise DataError(f"{files.best}: training ended without a checkpoint")
     averaged, average = None, {}

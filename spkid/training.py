@@ -36,6 +36,18 @@ def subset_views(views: dict, count: int, seed: int) -> dict:
 
 
 @dataclass
+class Window:
+    """The steps since the last validation: sums of loss and accuracy (tensors on the
+    device while training: a .item() per step would stall a GPU) and their count."""
+    loss: object = 0.0
+    accuracy: object = 0.0
+    steps: int = 0
+
+    def as_list(self) -> list:  # as checkpoints keep it
+        return [float(self.loss), float(self.accuracy), int(self.steps)]
+
+
+@dataclass
 class TrainResult:
     """Progress so far; saved in every checkpoint so a resumed run ends where an
     uninterrupted one would."""
@@ -44,49 +56,100 @@ class TrainResult:
     best_val_accuracy: float = -1.0
     final_train_loss: float = float("nan")
     final_train_accuracy: float = float("nan")
-    window: list = field(default_factory=lambda: [0.0, 0.0, 0])  # loss sum, accuracy sum, steps
-    history: list[dict] = field(default_factory=list)
+    window: Window = field(default_factory=Window)
+    history: list[dict] = field(default_factory=list)  # the metrics of each validation
     # Wall time, for the summary line only: never in a checkpoint, so those stay reproducible.
     validation_seconds: float = 0.0
 
+    def add_step(self, step: int, loss, accuracy) -> None:
+        self.step = step
+        w = self.window
+        self.window = Window(w.loss + loss, w.accuracy + accuracy, w.steps + 1)
+
+    def close_window(self) -> dict:
+        """The train loss and accuracy of the steps since the last validation."""
+        w, self.window = self.window, Window()
+        self.final_train_loss = float(w.loss) / w.steps
+        self.final_train_accuracy = float(w.accuracy) / w.steps
+        return {"train/loss": self.final_train_loss, "train/accuracy": self.final_train_accuracy}
+
+
+@dataclass
+class RunHooks:
+    """What a run hands out (rank 0 only): the best weights, the resumable state, the
+    metrics of each validation, and (for checkpoint averaging) the weights at each one."""
+    save_best: Callable[[dict], None] = lambda weights: None
+    save_checkpoint: Callable[[dict], None] = lambda snapshot: None
+    log: Callable[[dict, int], None] = lambda metrics, step: None
+    save_validated: Callable[[dict, int], None] | None = None
+
+
+class RunState:
+    """Everything a run must carry to continue exactly: model, AdamW, the LR schedule, the
+    gradient scaler, the RNG states and the progress. It saves itself as one snapshot
+    (a dict of tensors and numbers, loadable with weights_only=True) and restores from one."""
+
+    def __init__(self, model, t, device: torch.device):
+        self.model, self.device = model.to(device).train(), device
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, warmup_cosine(t.warmup_steps, t.steps))
+        use_scaler = device.type == "cuda" and not torch.cuda.is_bf16_supported()
+        self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+        self.progress = TrainResult()
+
+    def restore(self, snapshot: dict) -> None:
+        self.model.load_state_dict(snapshot["model"])
+        self.optimizer.load_state_dict(snapshot["optimizer"])
+        self.schedule.load_state_dict(snapshot["schedule"])
+        self.scaler.load_state_dict(snapshot["scaler"])
+        torch.set_rng_state(snapshot["rng_cpu"])
+        if self.device.type == "cuda" and snapshot.get("rng_cuda") is not None:
+            torch.cuda.set_rng_state(snapshot["rng_cuda"], self.device)
+        progress = dict(snapshot["progress"])
+        self.progress = TrainResult(**{**progress, "window": Window(*progress["window"])})
+
+    def snapshot(self) -> dict:
+        progress = {k: v for k, v in self.progress.__dict__.items() if k != "validation_seconds"}
+        progress["window"] = self.progress.window.as_list()
+        return {"model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+                "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
+                "scaler": self.scaler.state_dict(), "rng_cpu": torch.get_rng_state(),
+                "rng_cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+                "progress": progress}
+
+    def update(self, loss, clip_grad: float) -> None:
+        """One optimizer step on `loss`: backward (scaled on fp16 CUDA), clipping, AdamW,
+        the schedule."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if clip_grad > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip_grad)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.schedule.step()
+
+    def weights(self) -> dict:
+        return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+
 
 def train(model, batches, val_views, store: FeatureStore, t, *, device: torch.device,
-          batch_frames: int, save_best: Callable[[dict], None],
-          save_checkpoint: Callable[[dict], None] = lambda snapshot: None,
-          resume: dict | None = None, margin_at: Callable[[int], float | None] = lambda step: None,
-          augment: Callable = lambda x, mask: x, log: Callable[[dict, int], None] = lambda m, s: None,
-          save_validated: Callable[[dict, int], None] | None = None,
-          rank: int = 0, world: int = 1, progress: bool = True) -> TrainResult:
+          batch_frames: int, hooks: RunHooks = RunHooks(), resume: dict | None = None,
+          margin_at: Callable[[int], float | None] = lambda step: None,
+          augment: Callable = lambda x, mask: x, rank: int = 0, world: int = 1,
+          progress: bool = True) -> TrainResult:
     """Run optimizer steps up to `t.steps` (t: the train params); `batches[k]` is batch k.
-    `save_validated(state_dict, step)`, when given, receives the weights at each validation.
-
     With `world` > 1 the model is wrapped in DistributedDataParallel; rank 0 alone
-    validates, logs and saves."""
+    validates and hands out through `hooks`."""
     from tqdm import tqdm
 
-    model.to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(t.warmup_steps, t.steps))
-    use_scaler = device.type == "cuda" and not torch.cuda.is_bf16_supported()
-    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
-    state = TrainResult()
+    run = RunState(model, t, device)
     if resume is not None:
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        schedule.load_state_dict(resume["schedule"])
-        scaler.load_state_dict(resume["scaler"])
-        torch.set_rng_state(resume["rng_cpu"])
-        if device.type == "cuda" and resume.get("rng_cuda") is not None:
-            torch.cuda.set_rng_state(resume["rng_cuda"], device)
-        state = TrainResult(**resume["progress"])
-    forward = model
-    if world > 1:
-        forward = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    if t.compile and device.type == "cuda":
-        forward = torch.compile(forward)
+        run.restore(resume)
+    forward = _parallel(model, device, world, t.compile)
     loader = torch.utils.data.DataLoader(
-        torch.utils.data.Subset(batches, range(state.step, t.steps)), batch_size=None,
+        torch.utils.data.Subset(batches, range(run.progress.step, t.steps)), batch_size=None,
         shuffle=False, num_workers=t.num_workers, pin_memory=device.type == "cuda",
         # Its own generator: creating the iterator must not draw from the global RNG that
         # dropout and augmentation use, or a resumed run would drift from an uninterrupted one.
@@ -94,44 +157,44 @@ def train(model, batches, val_views, store: FeatureStore, t, *, device: torch.de
     # Validation during training scores a bounded sample; `evaluate` scores every view.
     val_views, val_labels = validation_views(val_views, t)
 
-    bar = tqdm(total=t.steps, initial=state.step, desc="train", unit="step",
+    bar = tqdm(total=t.steps, initial=run.progress.step, desc="train", unit="step",
                disable=not progress or rank != 0)
-    for step, (x, mask, y) in enumerate(loader, start=state.step + 1):
+    for step, (x, mask, y) in enumerate(loader, start=run.progress.step + 1):
         x, mask, y = (v.to(device, non_blocking=True) for v in (x, mask, y))
         with torch.no_grad():
             x = augment(x, mask)
         with autocast(device):
             emb, logits = forward(x, mask, y, margin=margin_at(step))
         loss = F.cross_entropy(logits.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if t.clip_grad > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), t.clip_grad)
-        scaler.step(optimizer)
-        scaler.update()
-        schedule.step()
-
+        run.update(loss, t.clip_grad)
         with torch.no_grad():  # accuracy without the training margin, as at test time
             correct = (model.head(emb.float()).argmax(1) == y).float().mean()
-        # Sums stay on the device: a .item() per step would stall the GPU.
-        state.window = [state.window[0] + loss.detach(), state.window[1] + correct, state.window[2] + 1]
-        state.step = step
+        run.progress.add_step(step, loss.detach(), correct)
         bar.update(1)
         if rank == 0 and (step % t.valid_every == 0 or step == t.steps):
             started = time.perf_counter()
-            _validate(model, state, store, val_views, val_labels, batch_frames,
-                      t.valid_max_frames, device, optimizer, save_best, log, save_validated,
-                      margin=margin_at(step))
-            state.validation_seconds += time.perf_counter() - started
-            bar.set_postfix(loss=f"{state.final_train_loss:.3f}",
-                            val=f"{state.history[-1].get('val/accuracy', float('nan')):.3f}")
+            metrics = _validate(run, store, val_views, val_labels, batch_frames,
+                                t.valid_max_frames, hooks, margin=margin_at(step))
+            run.progress.validation_seconds += time.perf_counter() - started
+            bar.set_postfix(loss=f"{metrics['train/loss']:.3f}",
+                            val=f"{metrics.get('val/accuracy', float('nan')):.3f}")
         if rank == 0 and (step % t.checkpoint_every == 0 or step == t.steps):
-            save_checkpoint(_snapshot(model, optimizer, schedule, scaler, state, device))
+            hooks.save_checkpoint(run.snapshot())
     bar.close()
     if val_labels is None:
-        state.best_val_accuracy = float("nan")
-    return state
+        run.progress.best_val_accuracy = float("nan")
+    return run.progress
+
+
+def _parallel(model, device: torch.device, world: int, compile_model: bool):
+    """What the loop calls forward on: DDP across ranks, compiled on CUDA when asked."""
+    forward = model
+    if world > 1:
+        forward = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if compile_model and device.type == "cuda":
+        forward = torch.compile(forward)
+    return forward
 
 
 def trim_curves(folder, step: int) -> None:
@@ -165,35 +228,23 @@ def validation_accuracy(model, store, val_views, val_labels, batch_frames, max_f
     return float((scored.predicted == val_labels).mean())
 
 
-def _validate(model, state: TrainResult, store, val_views, val_labels, batch_frames, max_frames,
-              device, optimizer, save_best, log, save_validated=None, margin=None) -> None:
-    loss_sum, acc_sum, n = state.window
-    state.window = [0.0, 0.0, 0]
-    metrics = {"train/loss": float(loss_sum) / n, "train/accuracy": float(acc_sum) / n,
-               "lr": optimizer.param_groups[0]["lr"]}
+def _validate(run: RunState, store, val_views, val_labels, batch_frames, max_frames,
+              hooks: RunHooks, margin=None) -> dict:
+    state = run.progress
+    metrics = {**state.close_window(), "lr": run.optimizer.param_groups[0]["lr"]}
     if margin is not None:  # a scheduled margin (loss.margin_warmup); else it is loss.m
         metrics["margin"] = float(margin)
     if val_labels is not None:
-        metrics["val/accuracy"] = validation_accuracy(model, store, val_views, val_labels,
-                                                      batch_frames, max_frames, device)
-    log(metrics, state.step)
+        metrics["val/accuracy"] = validation_accuracy(run.model, store, val_views, val_labels,
+                                                      batch_frames, max_frames, run.device)
+    hooks.log(metrics, state.step)
     state.history.append({"step": state.step, **metrics})
-    state.final_train_loss, state.final_train_accuracy = metrics["train/loss"], metrics["train/accuracy"]
     # Without a val split the last model is the best we can tell.
     score = metrics.get("val/accuracy", state.step)
-    weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    weights = run.weights()
     if score > state.best_val_accuracy:
         state.best_val_accuracy, state.best_step = score, state.step
-        save_best(weights)
-    if save_validated is not None:
-        save_validated(weights, state.step)
-
-
-def _snapshot(model, optimizer, schedule, scaler, state: TrainResult, device) -> dict:
-    progress = {k: v for k, v in state.__dict__.items() if k != "validation_seconds"}
-    progress["window"] = [float(state.window[0]), float(state.window[1]), int(state.window[2])]
-    return {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-            "scaler": scaler.state_dict(), "rng_cpu": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-            "progress": progress}
+        hooks.save_best(weights)
+    if hooks.save_validated is not None:
+        hooks.save_validated(weights, state.step)
+    return metrics

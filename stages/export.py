@@ -47,9 +47,9 @@ def export(params: Path = ParamsOption):
             "score": norm.kind or "cosine", **provenance()})
         if norm.kind:
             norm.save(tmp / EXPORT_MODEL.name)
-        if onnx_missing() is None:  # ONNX export (issue 9): the embedding graph
+        if p.export.onnx and onnx_missing() is None:  # the embedding graph for ONNX Runtime
             export_onnx(model, tmp / EXPORT_MODEL.name / ONNX_FILE, config["n_mels"], norm.mean)
-        else:
+        elif p.export.onnx:
             print(f"[export] no {ONNX_FILE}: {onnx_missing()}")
     summary("export", f"{len(predicted)} submission rows, model with threshold "
             f"{threshold if threshold is None else round(threshold, 4)}",

@@ -13,16 +13,13 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
-import torch
 import typer
 
 from spkid import distributed, train_run
 from spkid.batching import SegmentBatches
-from spkid.checkpoint import build_model, model_config
 from spkid.index import read_views
 from spkid.losses import margin_schedule
 from spkid.params import load_params
-from spkid.plots import dvclive_curves, training_curves
 from spkid.shards import open_features, read_meta
 from spkid.training import train as fit
 from stages.common import ParamsOption, exclusive, one_line_errors, summary
@@ -30,7 +27,7 @@ from stages.layout import (CHECKPOINTS, FEATURES, MODEL, SEGMENTS, SPEAKERS, TRA
                            TRAIN_METRICS, TRAINING_PLOT, VIEWS)
 
 app = typer.Typer(add_completion=False)
-FILES = train_run.RunFiles(CHECKPOINTS, TRAIN_LIVE, MODEL, TRAIN_METRICS)
+FILES = train_run.RunFiles(CHECKPOINTS, TRAIN_LIVE, MODEL, TRAIN_METRICS, TRAINING_PLOT)
 
 
 @app.command()
@@ -42,13 +39,9 @@ def train(params: Path = ParamsOption):
     p = load_params(params)
     rank, world, device = distributed.start(p.train.device)
     val = read_views(VIEWS, ["val"])["val"]
-    store, meta = open_features(FEATURES), read_meta(FEATURES)
-    config = model_config(p, store.n_mels, json.loads(SPEAKERS.read_text())["speakers"],
-                          {**meta["features"], "precomputed": meta["precomputed"]})
-    torch.manual_seed(p.train.seed)
-    model = build_model(config)
-    if rank > 0:
-        torch.manual_seed(p.train.seed + rank)  # same initial weights, different dropout
+    store = open_features(FEATURES)
+    config, model = train_run.new_model(p, store.n_mels, json.loads(SPEAKERS.read_text())[
+        "speakers"], read_meta(FEATURES), rank)
     batches = SegmentBatches(store, pq.read_table(SEGMENTS), p.train.batch_size, p.train.seed,
                              p.train.steps, rank=rank, world=world)
     fingerprint = train_run.fingerprint(p, [SEGMENTS, SPEAKERS, VIEWS])
@@ -60,18 +53,15 @@ def train(params: Path = ParamsOption):
     if world > 1:
         print(f"[train] rank {rank} of {world} on {device}: {batches.count} crop windows", flush=True)
     log = train_run.CurveLog(TRAIN_LIVE, resume is not None) if rank == 0 else None
-    save_best, save_checkpoint = train_run.savers(FILES, fingerprint)
     result = fit(model, batches, val, store, p.train, device=device,
-                 batch_frames=p.evaluate.batch_frames, save_best=save_best,
-                 save_checkpoint=save_checkpoint, resume=resume, margin_at=margin_schedule(p.loss),
-                 augment=train_run.augmenter(p), log=log, rank=rank, world=world,
-                 save_validated=kept.save if kept.enabled else None)
+                 batch_frames=p.evaluate.batch_frames, resume=resume,
+                 hooks=train_run.hooks(FILES, fingerprint, log, kept),
+                 margin_at=margin_schedule(p.loss), augment=train_run.augmenter(p),
+                 rank=rank, world=world)
     distributed.finish(world)
     if rank != 0:
         return
     log.end()
-    training_curves(dvclive_curves(TRAIN_LIVE / "plots" / "metrics"), TRAINING_PLOT,
-                    margin=None if p.loss.name == "softmax" else p.loss.m)
     average = train_run.finish(FILES, p, config, model, result, kept, val, store, device)
     summary("train", train_run.summary_text(result, device, world, average),
             time.perf_counter() - started)

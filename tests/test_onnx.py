@@ -100,7 +100,8 @@ def test_same_eer_and_the_cli_accepts_the_onnx_file(tmp_path):
 
     # The real commands, in this process (a subprocess would import torch again).
     from typer.testing import CliRunner
-    from stages.cli import app
+    from stages.cli import build_app
+    app = build_app()
 
     def spkid(*args):
         return CliRunner().invoke(app, [*args, "--model", str(folder / ONNX_FILE)])

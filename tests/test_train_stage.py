@@ -180,3 +180,33 @@ def test_an_empty_test_role_is_reported_not_a_traceback(tmp_path):
     assert "test: top1 n/a, EER n/a" in out
     test = json.loads((tmp_path / "metrics/eval.json").read_text())["test"]
     assert test["utterances"] == 0 and test["accuracy_top1"] is None and test["eer"] is None
+
+
+def test_every_param_at_its_edge_runs_the_whole_pipeline(tmp_path):
+    """The smallest allowed values together: two speakers of three utterances, no val split
+    (the last model is kept), 8-frame crops, batches of 2, one step, one-utterance shards,
+    one-frame evaluation batches, two trials at most, AS-norm over both speakers, checkpoint
+    averaging of two validations. Each stage finishes and says what it could not measure."""
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({
+        "data": {"synthetic": {"speakers": 2, "utterances_per_speaker": 3, "submit_per_speaker": 1,
+                               "min_seconds": 0.5, "max_seconds": 0.6}},
+        "features": {"shard_size": 1, "n_mels": 8},
+        "index": {"val_fraction": 0.0, "test_fraction": 0.5, "segment_len": 8},
+        "model": {"channels": 8, "embedding_dim": 0, "attention_dim": 0, "dropout": 0.9},
+        "loss": {"m": 1.0},
+        "train": {"steps": 2, "batch_size": 2, "valid_every": 1, "warmup_steps": 0,
+                  "checkpoint_every": 1, "valid_utterances": 0, "valid_max_frames": 0,
+                  "clip_grad": 0.0, "average_last": 2},
+        "evaluate": {"max_trials": 2, "nontarget_ratio": 0.001, "batch_frames": 1,
+                     "subtract_mean": True, "asnorm_top_n": 2},
+        "export": {"onnx": False}}))
+    for stage in ("download", "features", "index", "train", "evaluate", "export", "report"):
+        out = spkid(tmp_path, stage)
+        assert f"[{stage}]" in out.stdout, out.stderr
+    train = json.loads((tmp_path / "metrics/train.json").read_text())
+    assert train["steps"] == 2 and train["best_step"] == 2  # no val split: the last model
+    report = json.loads((tmp_path / "metrics/eval.json").read_text())
+    assert report["val"]["utterances"] == 0 and report["val"]["eer"] is None
+    assert report["test"]["utterances"] == 4 and report["test"]["trials"] <= 2
+    assert (tmp_path / "metrics/report.html").stat().st_size > 10_000
+    assert len((tmp_path / "data/export/submission.csv").read_text().splitlines()) == 3

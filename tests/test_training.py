@@ -9,7 +9,7 @@ from spkid.params import validate_params
 from spkid.shards import FeatureStore
 from spkid.index import crop_windows
 from spkid.inference import embed_views
-from spkid.training import subset_views, train, warmup_cosine
+from spkid.training import RunHooks, subset_views, train, warmup_cosine
 
 N_MELS, SPEAKERS = 8, 3
 
@@ -62,7 +62,7 @@ def run_training(tmp_path, seed=0):
     saved = {}
     result = train(model, batches, views_for(store, labels), store, PARAMS.train,
                    device=torch.device("cpu"), batch_frames=400,
-                   save_best=lambda s: saved.update(state=s), progress=False)
+                   hooks=RunHooks(save_best=lambda s: saved.update(state=s)), progress=False)
     return result, saved["state"], model, config, store, labels
 
 
