@@ -169,8 +169,13 @@ def print_table(results: dict) -> None:
     for name, r in results.items():
         runs = r["runs"]
         get = lambda k: [x["test"][k] for x in runs]  # noqa: E731
-        print(f"| {name} | {len(runs)} | {runs[0]['parameters']:,} | {_agg(get('accuracy_top1'))} | "
-              f"{_agg(get('eer'))} | {_agg(get('min_dcf_p01'))} | {_agg(get('min_dcf_p05'))} | "
+        # Entries rebuilt from a printed table (see their "partial") keep its row as printed.
+        row = r.get("table_row") or {"test_top1": _agg(get("accuracy_top1")),
+                                     "test_eer": _agg(get("eer")),
+                                     "test_min_dcf_p01": _agg(get("min_dcf_p01")),
+                                     "test_min_dcf_p05": _agg(get("min_dcf_p05"))}
+        print(f"| {name} | {len(runs)} | {runs[0]['parameters']:,} | {row['test_top1']} | "
+              f"{row['test_eer']} | {row['test_min_dcf_p01']} | {row['test_min_dcf_p05']} | "
               f"{statistics.mean(x['train_seconds'] for x in runs):.0f} |")
 
 
