@@ -147,12 +147,14 @@ def _pyav_read(path: str | Path) -> tuple[np.ndarray, int]:
     import av
     with _pyav_stream(path, "decode audio") as (container, stream):
         expected = _pyav_duration(stream)
-        chunks = []
+        chunks, to_planar = [], None
         try:
             for frame in container.decode(stream):
                 if frame.format.name != "fltp":
-                    frame = av.AudioResampler(format="fltp", layout=frame.layout,
-                                              rate=frame.sample_rate).resample(frame)[0]
+                    # One converter for the stream, not one per frame.
+                    to_planar = to_planar or av.AudioResampler(
+                        format="fltp", layout=frame.layout, rate=frame.sample_rate)
+                    frame = to_planar.resample(frame)[0]
                 chunks.append(frame.to_ndarray())
         except Exception as exc:
             raise DataError(f"{path}: truncated or corrupt audio (decoding failed: "

@@ -135,7 +135,8 @@ def embedding_map(embeddings: np.ndarray, speakers: list[str], path: Path, *, se
     from sklearn.manifold import TSNE
     plt = _pyplot()
     chosen = sorted(set(speakers))[:max_speakers]
-    keep = np.array([s in set(chosen) for s in speakers], dtype=bool)
+    shown = set(chosen)
+    keep = np.array([s in shown for s in speakers], dtype=bool)
     emb = np.asarray(embeddings, np.float64)[keep]
     names = [s for s, k in zip(speakers, keep) if k]
     fig, ax = plt.subplots(figsize=(6.4, 5.6))

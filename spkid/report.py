@@ -90,7 +90,7 @@ def _image(path: Path, caption: str) -> str:
 def render_report(*, metrics: dict, train: dict, params: dict, defaults: dict,
                   lock: dict | None, images: list[tuple[Path, str]], confusions: list[dict]) -> str:
     """The page as a string."""
-    changed = changed_params(params, defaults)
+    changed, version = changed_params(params, defaults), data_version(lock)
     training = (f"{train.get('steps', '?')} steps; best val accuracy "
                 f"{_num(train.get('best_val_accuracy'))} at step {train.get('best_step', '?')}; "
                 f"{train.get('parameters', 0):,} parameters")
@@ -103,7 +103,7 @@ def render_report(*, metrics: dict, train: dict, params: dict, defaults: dict,
         _table(["param", "value", "default"], [[k, v, d] for k, v, d in changed])
         if changed else "<p>None: this is the default pipeline.</p>",
         "<h2>Data version</h2>",
-        _table(["output", "md5 (dvc.lock)"], data_version(lock)) if data_version(lock)
+        _table(["output", "md5 (dvc.lock)"], version) if version
         else "<p>No dvc.lock yet (the stages ran outside <code>dvc repro</code>).</p>",
         "<h2>Pictures</h2>",
         *(_image(path, caption) for path, caption in images),
