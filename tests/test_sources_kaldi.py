@@ -30,11 +30,26 @@ def test_m4a_decodes_to_the_tone_it_was_made_from(tmp_path):
     assert abs(check_audio(path) - duration) < 1e-9
     wave = read_audio(path, SR)
     assert abs(len(wave) / SR - 2.0) < 0.2 and 0.25 < np.abs(wave).max() < 0.35
+    # Decoding ends where the container says the track ends (the rest is codec padding),
+    # so download's duration and the samples features gets agree.
+    assert len(wave) == round(duration * SR)
     spectrum = np.abs(np.fft.rfft(wave[2048:2048 + SR]))
     assert abs(np.argmax(spectrum) - 440) <= 1  # 1 Hz bins over one second
     # Resampled and cut like any other file.
     part = read_audio(path, 8000, start=0.5, end=1.5)
     assert len(part) == 8000
+
+
+def test_raw_aac_length_is_measured_not_guessed_from_the_bitrate(tmp_path):
+    """A raw ADTS stream records no length; FFmpeg's bitrate guess for 2 s of noise then
+    3 s of silence is about 3.3 s. The decoded length is what download and features use."""
+    path = tmp_path / "a.aac"
+    rng = np.random.default_rng(0)
+    write_audio(path, np.concatenate([0.3 * rng.standard_normal(2 * SR),
+                                      np.zeros(3 * SR)]).astype(np.float32), SR)
+    duration = check_audio(path)
+    assert abs(duration - 5.0) < 0.2 and audio_info(path) == (duration, SR)
+    assert len(read_audio(path, SR)) == round(duration * SR)
 
 
 def _first_line(exc: pytest.ExceptionInfo) -> str:
@@ -174,6 +189,20 @@ def test_kaldi_problems_are_one_line_naming_file_and_line(tmp_path, case):
     assert str(folder) in text
     if case == "missing_file":
         assert text.endswith("audio/nothing.flac: not found")
+
+
+def test_kaldi_recording_without_speaker_names_its_wav_scp_line(tmp_path):
+    """Without segments the utterances are wav.scp's recordings: one missing from utt2spk
+    is named by its wav.scp line."""
+    folder = make_kaldi(tmp_path / "k", segments=False)
+    (folder / "spk2utt").unlink()
+    utt2spk = folder / "utt2spk"
+    utt2spk.write_text("".join(line + "\n" for line in utt2spk.read_text().splitlines()
+                               if not line.startswith("bob-rec0 ")))
+    with pytest.raises(DataError) as exc:
+        scan_kaldi(folder, min_seconds=0.5, short="skip")
+    assert _first_line(exc) == (f"{folder / 'wav.scp'}:3: utterance 'bob-rec0' has no "
+                                f"speaker in {utt2spk}")
 
 
 def test_kaldi_trial_list_format(tmp_path):

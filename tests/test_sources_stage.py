@@ -80,13 +80,13 @@ def make_audio_dir(folder: Path, speakers: int = 3, per_speaker: int = 4,
 
 
 def write_audio(path: Path, wave: np.ndarray, sr: int) -> None:
-    """WAV/FLAC through soundfile; m4a (AAC) encoded through PyAV, the library spkid
-    decodes it with."""
-    if path.suffix != ".m4a":
+    """WAV/FLAC through soundfile; m4a (AAC in MP4) and .aac (raw ADTS stream) encoded
+    through PyAV, the library spkid decodes them with."""
+    if path.suffix not in (".m4a", ".aac"):
         sf.write(str(path), wave, sr)
         return
     import av
-    with av.open(str(path), "w", format="mp4") as out:
+    with av.open(str(path), "w", format="mp4" if path.suffix == ".m4a" else "adts") as out:
         stream = out.add_stream("aac", rate=sr)
         stream.layout = "mono"
         frame = av.AudioFrame.from_ndarray(np.asarray(wave, np.float32)[None], format="fltp",

@@ -18,7 +18,7 @@ from pathlib import Path, PurePosixPath
 
 import soundfile as sf
 
-from spkid.audio import (AUDIO_SUFFIXES, audio_info, check_decodes_to_end, check_samples,
+from spkid.audio import (AUDIO_SUFFIXES, audio_info, check_pyav_audio, check_samples,
                          decoded_by_pyav)
 from spkid.errors import DataError
 from spkid.manifest import ManifestRow
@@ -169,10 +169,9 @@ def check_audio(path: str | Path) -> float:
         raise DataError(f"{path}: cannot read ({exc.strerror})") from None
     if size == 0:
         raise DataError(f"{path}: empty file (0 bytes)")
-    duration, _ = audio_info(path)
     if decoded_by_pyav(path):
-        check_decodes_to_end(path, duration)
-        return duration
+        return check_pyav_audio(path)
+    duration, _ = audio_info(path)
     if _wav_is_truncated(path, size):
         raise DataError(f"{path}: truncated WAV (the data chunk is longer than the file)")
     frames = _decodable_tail(path)
