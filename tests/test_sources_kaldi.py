@@ -93,10 +93,11 @@ def test_m4a_audio_dir_is_found_and_scanned(tmp_path):
     assert all(r.utterance_id.endswith(".m4a") and r.duration > 0.9 for r in rows)
 
 
-def make_kaldi(folder: Path, *, segments: bool = True, speakers=("alice", "bob")) -> Path:
+def make_kaldi(folder: Path, *, segments: bool = True, speakers=("alice", "bob"),
+               seed: int = 0) -> Path:
     """Two speakers, two recordings each (one flac, one m4a), relative paths; with
     segments each recording gives two utterances."""
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     wav_scp, utt2spk, spk2utt, segs = [], [], {}, []
     for s, spk in enumerate(speakers):
         for r, suffix in enumerate((".flac", ".m4a")):
@@ -189,6 +190,8 @@ def test_kaldi_problems_are_one_line_naming_file_and_line(tmp_path, case):
     assert str(folder) in text
     if case == "missing_file":
         assert text.endswith("audio/nothing.flac: not found")
+    if case == "pipe":  # the file the command decodes is named: spkid reads it directly
+        assert text.endswith("list audio/alice-rec0.flac itself, spkid decodes it")
 
 
 def test_kaldi_recording_without_speaker_names_its_wav_scp_line(tmp_path):
@@ -216,3 +219,34 @@ def test_kaldi_trial_list_format(tmp_path):
     trials.write_text("spk0/00.wav spk0/01.wav maybe\n")
     with pytest.raises(DataError, match=r"trials:1: label must be 0 or 1"):
         read_trials_list(trials, folder)
+
+
+def test_kaldi_verification_folder_and_its_utterance_id_trials(tmp_path):
+    """data.verify_dir may be a Kaldi folder; evaluate.trials then names its utterances by
+    id (Kaldi's own lists), segments included, and each trial maps to those rows."""
+    from spkid.sources.unseen import scan_unseen_speakers, unseen_trials
+    folder = make_kaldi(tmp_path / "k")
+    rows, meta = scan_unseen_speakers(folder, None)
+    assert meta["kind"] == "dir" and meta["speakers"] == ["alice", "bob"] and len(rows) == 8
+    i, j, labels = unseen_trials(rows, meta, seed=0, nontarget_ratio=1.0, max_trials=100)
+    assert labels.sum() == 2 * 6  # all same-speaker pairs: 4 segments per speaker
+
+    trials = tmp_path / "trials"
+    trials.write_text("alice-rec0-a alice-rec1-b target\nalice-rec0-a bob-rec0-b nontarget\n"
+                      "# a comment\n"
+                      "1 bob-rec0-a bob-rec1-a\n")
+    rows, meta = scan_unseen_speakers(folder, trials)
+    assert meta["kind"] == "trials" and meta["pairs"] == 3
+    by_id = {r.utterance_id: r for r in rows}
+    assert sorted(by_id) == ["alice-rec0-a", "alice-rec1-b", "bob-rec0-a", "bob-rec0-b",
+                             "bob-rec1-a"]
+    assert (by_id["alice-rec1-b"].start, by_id["alice-rec1-b"].end) == (1.5, None)
+    i, j, labels = unseen_trials(rows, meta, seed=0, nontarget_ratio=1.0, max_trials=100)
+    got = [(rows[a].utterance_id, rows[b].utterance_id, int(y)) for a, b, y in zip(i, j, labels)]
+    assert got == [("alice-rec0-a", "alice-rec1-b", 1), ("alice-rec0-a", "bob-rec0-b", 0),
+                   ("bob-rec0-a", "bob-rec1-a", 1)]
+
+    trials.write_text("alice-rec0-a alice-rec1-b target\nalice-rec0-a carol-rec0-a nontarget\n")
+    with pytest.raises(DataError) as exc:
+        scan_unseen_speakers(folder, trials)
+    assert _first_line(exc).startswith(f"{trials}:2: utterance 'carol-rec0-a' is not in")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from spkid.audio import AUDIO_SUFFIXES
 from spkid.errors import DataError
 from spkid.manifest import ManifestRow
 from spkid.sources.audio_dir import audio_row, existing_dir
@@ -112,9 +113,12 @@ def _table(path: Path, columns: int, expected: str):
 
 def _audio_path(folder: Path, wav_scp: Path, n: int, key: str, value: str) -> Path:
     if value.endswith("|"):
+        # Kaldi's VoxCeleb2 recipe pipes each m4a through ffmpeg; spkid decodes it itself.
+        named = [word for word in value.split() if word.lower().endswith(AUDIO_SUFFIXES)]
+        fix = (f"list {named[0]} itself, spkid decodes it" if named else
+               "write the audio to files and list their paths")
         raise DataError(f"{wav_scp}:{n}: {key!r} is a command ({value!r:.60}); spkid never "
-                        "runs commands from data files: write the audio to files and list "
-                        "their paths")
+                        f"runs commands from data files: {fix}")
     if ".ark:" in value or value.endswith(".ark"):
         raise DataError(f"{wav_scp}:{n}: {key!r} points into a Kaldi archive ({value!r:.60}); "
                         "list audio files instead")
