@@ -246,7 +246,18 @@ def test_kaldi_verification_folder_and_its_utterance_id_trials(tmp_path):
     assert got == [("alice-rec0-a", "alice-rec1-b", 1), ("alice-rec0-a", "bob-rec0-b", 0),
                    ("bob-rec0-a", "bob-rec1-a", 1)]
 
-    trials.write_text("alice-rec0-a alice-rec1-b target\nalice-rec0-a carol-rec0-a nontarget\n")
-    with pytest.raises(DataError) as exc:
-        scan_unseen_speakers(folder, trials)
-    assert _first_line(exc).startswith(f"{trials}:2: utterance 'carol-rec0-a' is not in")
+    for text, line in [("alice-rec0-a alice-rec1-b target\nalice-rec0-a carol-rec0-a nontarget\n", 2),
+                       ("carol-rec0-a carol-rec0-b target\n", 1)]:
+        trials.write_text(text)
+        with pytest.raises(DataError) as exc:
+            scan_unseen_speakers(folder, trials)
+        assert _first_line(exc).startswith(f"{trials}:{line}: utterance 'carol-rec0-a' is not in")
+
+    # Only the audio the list names is opened (a trial list of VoxCeleb1-O's 4,708 files
+    # out of WeSpeaker's whole VoxCeleb1 folder); without a list, every file is.
+    (folder / "audio" / "bob-rec1.m4a").unlink()
+    trials.write_text("alice-rec0-a bob-rec0-b nontarget\n")
+    rows, _ = scan_unseen_speakers(folder, trials)
+    assert sorted(r.utterance_id for r in rows) == ["alice-rec0-a", "bob-rec0-b"]
+    with pytest.raises(DataError, match="bob-rec1.m4a: not found"):
+        scan_unseen_speakers(folder, None)

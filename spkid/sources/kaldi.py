@@ -31,10 +31,12 @@ def is_kaldi_dir(folder: str | Path) -> bool:
     return all((Path(folder) / name).is_file() for name in REQUIRED)
 
 
-def scan_kaldi(folder: str | Path, *, min_seconds: float, short: str
-               ) -> tuple[list[ManifestRow], dict]:
+def scan_kaldi(folder: str | Path, *, min_seconds: float, short: str,
+               only: set[str] | None = None) -> tuple[list[ManifestRow], dict]:
     """(rows, meta) of every utterance of a Kaldi folder, sorted by utterance id, with the
-    same handling of short utterances as scan_audio_dir."""
+    same handling of short utterances as scan_audio_dir. With `only`, the lists are still
+    checked whole but only those utterances' audio is opened and returned (a trial list's
+    few thousand out of a whole corpus)."""
     folder = existing_dir(folder, "Kaldi data folder")
     for name in REQUIRED:
         if not (folder / name).is_file():
@@ -62,7 +64,7 @@ def scan_kaldi(folder: str | Path, *, min_seconds: float, short: str
     if (folder / "spk2utt").is_file():
         _check_spk2utt(folder / "spk2utt", utt2spk)
     rows, skipped, info = [], 0, {}
-    for utt in sorted(spans):
+    for utt in sorted(spans if only is None else set(spans) & set(only)):
         rec, start, end, n, listed_in = spans[utt]
         path, rec_line = recordings[rec]
         if rec not in info:
@@ -84,7 +86,7 @@ def scan_kaldi(folder: str | Path, *, min_seconds: float, short: str
         rows.append(ManifestRow(utterance_id=utt, speaker=utt2spk[utt][0], path=whole.path,
                                 duration=duration, size=whole.size, mtime_ns=whole.mtime_ns,
                                 start=start, end=end))
-    if not rows:
+    if not rows and only is None:
         raise DataError(f"{folder}: all {len(spans)} utterances are shorter than "
                         f"min_seconds = {min_seconds:g} (use short: pad to keep them)")
     return rows, {"format": "audio", "skipped_short": skipped,

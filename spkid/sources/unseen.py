@@ -74,24 +74,24 @@ def scan_unseen_speakers(verify_dir: str | Path | None, trials: str | Path | Non
 
 def _scan_kaldi_unseen(folder: Path, trials: str | Path | None) -> tuple[list[ManifestRow], dict]:
     """A Kaldi folder of unseen speakers: every utterance (nothing left out for being
-    short), or those its trial list names by utterance id."""
-    rows, _ = scan_kaldi(folder, min_seconds=0.0, short="pad")
+    short), or only those its trial list names by utterance id."""
     meta = {"format": FORMAT, "verify_dir": str(folder), "keys": "utterance_id"}
     if trials is None:
+        rows, _ = scan_kaldi(folder, min_seconds=0.0, short="pad")
         return rows, {**meta, "kind": "dir", "speakers": sorted({r.speaker for r in rows})}
     trials = Path(os.path.abspath(trials))
+    lines = trial_lines(trials)
+    named = {utt for _, _, *ids in lines for utt in ids}
+    rows, _ = scan_kaldi(folder, min_seconds=0.0, short="pad", only=named)
     known = {r.utterance_id for r in rows}
-    named, lines = set(), trial_lines(trials)
     for lineno, _, *ids in lines:
         for utt in ids:
             if utt not in known:
                 raise DataError(f"{trials}:{lineno}: utterance {utt!r} is not in the Kaldi "
                                 f"folder {folder} (wav.scp, segments)")
-            named.add(utt)
     digest = hashlib.sha256(trials.read_bytes()).hexdigest()
-    return [r for r in rows if r.utterance_id in named], {
-        **meta, "kind": "trials", "trials": str(trials), "trials_sha256": digest,
-        "pairs": len(lines)}
+    return rows, {**meta, "kind": "trials", "trials": str(trials), "trials_sha256": digest,
+                  "pairs": len(lines)}
 
 
 def unseen_trials(rows: list[ManifestRow], meta: dict, *, seed: int,
