@@ -152,6 +152,11 @@ BAD = {
              "wav.scp:1: 'alice-rec0' is a command"),
     "archive": ("wav.scp", "alice-rec0 feats.ark:1234", "wav.scp:1: 'alice-rec0' points into a Kaldi archive"),
     "malformed": ("utt2spk", "lonely-utterance", "utt2spk:1: expected '<utterance-id> <speaker>'"),
+    # A third word would otherwise become part of the speaker's name ('alice extra').
+    "speaker_with_space": ("utt2spk", "alice-rec0-a alice extra",
+                           "utt2spk:1: expected '<utterance-id> <speaker>'"),
+    "nan_segment": ("segments", "alice-rec0-a alice-rec0 nan 1.5",
+                    "segments:1: segment 'alice-rec0-a' has start nan s"),
     "speaker_without_audio": ("utt2spk", "+ghost-utt carol",
                               "utt2spk:9: utterance 'ghost-utt' (speaker 'carol') has no audio"),
     "no_speaker": ("utt2spk", "-bob-rec1-b", "segments:8: utterance 'bob-rec1-b' has no speaker"),
@@ -178,6 +183,9 @@ def test_kaldi_problems_are_one_line_naming_file_and_line(tmp_path, case):
             (folder / "segments").write_text((folder / "segments").read_text()
                                              + "dave-rec0 dave-rec0 0 -1\n")
             (folder / "spk2utt").write_text((folder / "spk2utt").read_text() + "dave dave-rec0\n")
+    elif case == "speaker_with_space":  # without spk2utt nothing else would catch it
+        (folder / "spk2utt").unlink()
+        lines[0] = edit
     elif edit.startswith("-"):
         lines = [line for line in lines if not line.startswith(edit[1:])]
     else:
@@ -206,6 +214,20 @@ def test_kaldi_recording_without_speaker_names_its_wav_scp_line(tmp_path):
         scan_kaldi(folder, min_seconds=0.5, short="skip")
     assert _first_line(exc) == (f"{folder / 'wav.scp'}:3: utterance 'bob-rec0' has no "
                                 f"speaker in {utt2spk}")
+
+
+def test_kaldi_lists_with_bom_read_and_empty_lists_named(tmp_path):
+    """A byte-order mark (Windows editors write one) is not part of the first id; an
+    empty list is named as such, not reported as 'all 0 utterances are too short'."""
+    folder = make_kaldi(tmp_path / "k")
+    for name in ("wav.scp", "utt2spk"):
+        (folder / name).write_bytes(b"\xef\xbb\xbf" + (folder / name).read_bytes())
+    rows, _ = scan_kaldi(folder, min_seconds=0.5, short="skip")
+    assert rows[0].utterance_id == "alice-rec0-a"
+    (folder / "utt2spk").write_text("\n")
+    with pytest.raises(DataError) as exc:
+        scan_kaldi(folder, min_seconds=0.5, short="skip")
+    assert _first_line(exc).startswith(f"{folder / 'utt2spk'}: lists nothing")
 
 
 def test_kaldi_trial_list_format(tmp_path):

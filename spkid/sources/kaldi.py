@@ -16,6 +16,7 @@ problem is one line naming the file and line.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -46,7 +47,11 @@ def scan_kaldi(folder: str | Path, *, min_seconds: float, short: str,
     recordings = {key: (_audio_path(folder, wav_scp, n, key, value), n)
                   for key, value, n in _table(wav_scp, 2, "<recording-id> <path>")}
     utt2spk = {utt: (spk, n) for utt, spk, n in _table(folder / "utt2spk", 2,
-                                                      "<utterance-id> <speaker>")}
+                                                      "<utterance-id> <speaker>", exact=True)}
+    for name, table in (("wav.scp", recordings), ("utt2spk", utt2spk)):
+        if not table:
+            raise DataError(f"{folder / name}: lists nothing (a Kaldi data folder needs "
+                            "at least one line in each of wav.scp and utt2spk)")
     if (folder / "segments").is_file():
         spans = _segments(folder / "segments", recordings)
     else:
@@ -93,10 +98,11 @@ def scan_kaldi(folder: str | Path, *, min_seconds: float, short: str,
                   "speakers": sorted({r.speaker for r in rows})}
 
 
-def _table(path: Path, columns: int, expected: str):
-    """(key, rest of the line, line number) of each non-blank line; keys are unique."""
+def _table(path: Path, columns: int, expected: str, exact: bool = False):
+    """(key, rest of the line, line number) of each non-blank line; keys are unique. With
+    `exact` a line has exactly `columns` fields (a speaker name holds no spaces)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a BOM is not part of the first key
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: cannot read ({exc})") from None
     seen: dict[str, int] = {}
@@ -104,7 +110,7 @@ def _table(path: Path, columns: int, expected: str):
         if not line.strip():
             continue
         fields = line.split(None, columns - 1)
-        if len(fields) < columns:
+        if len(fields) < columns or (exact and len(fields[-1].split()) > 1):
             raise DataError(f"{path}:{n}: expected '{expected}', got {line.strip()!r:.100}")
         key = fields[0]
         if key in seen:
@@ -157,7 +163,7 @@ def _segments(path: Path, recordings: dict) -> dict:
         except ValueError:
             raise DataError(f"{path}:{n}: start and end must be seconds, got "
                             f"{fields[1]!r} {fields[2]!r}") from None
-        if start < 0 or (end != -1 and end <= start):
+        if not (math.isfinite(start) and math.isfinite(end)) or start < 0 or (end != -1 and end <= start):
             raise DataError(f"{path}:{n}: segment {utt!r} has start {start:g} s and end "
                             f"{end:g} s (need 0 <= start < end, or end -1 for the whole rest)")
         spans[utt] = (rec, start, None if end == -1 else end, n, path)
