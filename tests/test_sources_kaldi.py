@@ -86,6 +86,22 @@ def test_corrupt_or_truncated_m4a_fails_in_download_in_one_line(tmp_path, damage
     assert _first_line(exc).startswith(str(bad))
 
 
+def test_m4a_damaged_mid_file_fails_in_features_in_one_line(tmp_path):
+    """Bytes overwritten inside the samples: download's check (header and last second)
+    cannot see them, as for FLAC; features' decode refuses the file, naming it."""
+    good = tmp_path / "good.m4a"
+    write_audio(good, tone(6.0), SR)
+    data = bytearray(good.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 2000] = np.random.default_rng(0).integers(0, 256, 2000, np.uint8).tobytes()
+    bad = tmp_path / "bad.m4a"
+    bad.write_bytes(bytes(data))
+    assert abs(check_audio(bad) - check_audio(good)) < 1e-9
+    with pytest.raises(DataError) as exc:
+        read_audio(bad, SR)
+    assert _first_line(exc).startswith(f"{bad}: truncated or corrupt audio")
+
+
 def test_m4a_audio_dir_is_found_and_scanned(tmp_path):
     folder = make_audio_dir(tmp_path / "d", speakers=2, per_speaker=2, fmt="m4a")
     rows, meta = scan_audio_dir(folder, min_seconds=0.5, short="skip")
