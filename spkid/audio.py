@@ -70,7 +70,7 @@ def read_audio(path: str | Path, sample_rate: int, start: float | None = None,
     """Decode a file (or its span from `start` to `end` seconds) to mono at `sample_rate`
     (channels are averaged)."""
     if decoded_by_pyav(path):
-        data, sr = _pyav_read(path)
+        data, sr = _pyav_read(path, until=end)
         first, last = _span(path, start, end, sr, len(data))
         data = data[first:last]
     else:
@@ -167,14 +167,16 @@ def _header_length(stream) -> float | None:
     return None
 
 
-def _pyav_read(path: str | Path) -> tuple[np.ndarray, int]:
+def _pyav_read(path: str | Path, until: float | None = None) -> tuple[np.ndarray, int]:
     """(samples, channels) float32 and the sample rate: every frame, converted to planar
     float at the first frame's rate, so the numbers are the decoder's. Decoding stops at the
-    length the container records: what the last frame holds beyond it is codec padding."""
+    length the container records: what the last frame holds beyond it is codec padding.
+    With `until` (seconds) it stops once past that time: a segment early in a long
+    recording decodes only its beginning, to the same samples as a whole decode."""
     import av
     with _pyav_stream(path, "decode audio") as (container, stream):
         expected = _header_length(stream)
-        chunks, rate = [], None
+        chunks, rate, decoded, stopped = [], None, 0, False
         try:
             for frame in container.decode(stream):
                 rate = rate or frame.sample_rate
@@ -182,13 +184,17 @@ def _pyav_read(path: str | Path) -> tuple[np.ndarray, int]:
                     frame = av.AudioResampler(format="fltp", layout=frame.layout,
                                               rate=rate).resample(frame)[0]
                 chunks.append(frame.to_ndarray())
+                decoded += chunks[-1].shape[1]
+                if until is not None and decoded > until * rate + 1:
+                    stopped = True
+                    break
         except Exception as exc:
             raise DataError(f"{path}: truncated or corrupt audio (decoding failed: "
                             f"{_reason(exc)})") from None
         rate = rate or stream.rate
     data = (np.concatenate(chunks, axis=1).T if chunks else np.zeros((0, 1), np.float32))
     if expected is not None:
-        if len(data) / rate < expected - LENGTH_SLACK_SECONDS:
+        if not stopped and len(data) / rate < expected - LENGTH_SLACK_SECONDS:
             raise DataError(f"{path}: truncated audio (header says {expected:.2f} s, "
                             f"{len(data) / rate:.2f} s decode)")
         data = data[:int(round(expected * rate))]

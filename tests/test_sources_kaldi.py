@@ -38,6 +38,10 @@ def test_m4a_decodes_to_the_tone_it_was_made_from(tmp_path):
     # Resampled and cut like any other file.
     part = read_audio(path, 8000, start=0.5, end=1.5)
     assert len(part) == 8000
+    # A span decodes only up to its end, to the very samples of the whole decode.
+    for start, end in [(0.5, 1.5), (0.0, 0.01), (1.9, duration)]:
+        span = read_audio(path, SR, start=start, end=end)
+        assert np.array_equal(span, wave[round(start * SR):round(end * SR)])
 
 
 def test_raw_aac_length_is_measured_not_guessed_from_the_bitrate(tmp_path):
