@@ -5,7 +5,9 @@
 Takes the first `--seconds` of `--files` recordings, writes each as WAV (16-bit), FLAC and
 m4a (AAC, encoded with PyAV as VoxCeleb2's files are AAC) into a temporary folder, then
 times read_audio on every copy, interleaved, one torch thread, and prints the median
-audio-seconds-per-second per format (one core)."""
+audio-seconds-per-second per format (one core). It also times download's check of each
+file (spkid.sources.audio_dir.check_audio: header, then the last frames decoded), in
+milliseconds per file, which `download` pays once per recording."""
 
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 from spkid.audio import read_audio  # noqa: E402
+from spkid.sources.audio_dir import check_audio  # noqa: E402
 from test_sources_stage import write_audio  # noqa: E402  (the tests' PyAV encoder)
 
 FORMATS = (".wav", ".flac", ".m4a")
@@ -39,6 +42,7 @@ def main() -> None:
     torch.set_num_threads(1)
     sources = sorted(p for p in args.data.rglob("*") if p.suffix in (".flac", ".wav"))[:args.files]
     speeds: dict[str, list[float]] = {f: [] for f in FORMATS}
+    checks: dict[str, list[float]] = {f: [] for f in FORMATS}
     with tempfile.TemporaryDirectory() as tmp:
         copies = []
         for k, src in enumerate(sources):
@@ -53,12 +57,16 @@ def main() -> None:
                 started = time.perf_counter()
                 read_audio(path, 16000)
                 speeds[fmt].append(seconds / (time.perf_counter() - started))
+                started = time.perf_counter()
+                check_audio(path)
+                checks[fmt].append(1000 * (time.perf_counter() - started))
     total = sum(s for f, _, s in copies if f == FORMATS[0])
     print(f"{len(sources)} recordings, {total:.0f} s of audio each format")
     for fmt in FORMATS:
         print(f"{fmt:6s} {statistics.median(speeds[fmt]):8,.0f} audio s per s "
               f"(min {min(speeds[fmt]):,.0f}, max {max(speeds[fmt]):,.0f}); "
-              f"{sizes[fmt] / total / 1000:.1f} kB per audio s")
+              f"{sizes[fmt] / total / 1000:.1f} kB per audio s; download's check "
+              f"{statistics.median(checks[fmt]):.2f} ms per file")
 
 
 if __name__ == "__main__":

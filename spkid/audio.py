@@ -21,6 +21,10 @@ AUDIO_SUFFIXES = SOUNDFILE_SUFFIXES + PYAV_SUFFIXES
 # A compressed stream decodes to its header's length give or take the codec's priming and
 # padding (AAC: 1024-2048 samples); more missing than this is a truncated file.
 LENGTH_SLACK_SECONDS = 0.25
+# Containers (FFmpeg demuxer names) that record their length: mp4/m4a sample tables, Ogg's
+# last page, Matroska's and ASF's headers. A raw ADTS .aac stream records none and FFmpeg
+# guesses one from the bitrate, seconds off, so such files are measured by decoding them.
+LENGTH_IN_HEADER = frozenset({"mov", "mp4", "m4a", "ogg", "matroska", "webm", "asf"})
 
 # Full scale is 1. Float files can hold anything, and samples this large push the mel power
 # past float32's range (from about 1e18 at the default n_fft), so the log-mels would be inf;
@@ -47,7 +51,11 @@ def audio_info(path: str | Path) -> tuple[float, int]:
     """(duration in seconds, sample rate) without decoding the samples."""
     if decoded_by_pyav(path):
         with _pyav_stream(path, "read audio header") as (_, stream):
-            return _pyav_duration(stream), stream.rate
+            duration, rate = _header_length(stream), stream.rate
+        if duration is None:  # a raw stream: only decoding it tells its length
+            data, rate = _pyav_read(path)
+            duration = len(data) / rate
+        return duration, rate
     try:
         info = sf.info(str(path))
     except Exception as exc:
@@ -62,7 +70,7 @@ def read_audio(path: str | Path, sample_rate: int, start: float | None = None,
     """Decode a file (or its span from `start` to `end` seconds) to mono at `sample_rate`
     (channels are averaged)."""
     if decoded_by_pyav(path):
-        data, sr = _pyav_read(path)
+        data, sr = _pyav_read(path, until=end)
         first, last = _span(path, start, end, sr, len(data))
         data = data[first:last]
     else:
@@ -85,27 +93,41 @@ def read_audio(path: str | Path, sample_rate: int, start: float | None = None,
     return resample(data.mean(axis=1), sr, sample_rate)
 
 
-def check_decodes_to_end(path: str | Path, duration: float) -> None:
-    """For formats PyAV decodes: the last second decodes and reaches the header's length
-    (one seek, no full decode), so a truncated or corrupt file fails here, not hours later
-    in feature extraction."""
+def check_pyav_audio(path: str | Path) -> float:
+    """Duration in seconds of a file PyAV decodes, after checking that it decodes to the
+    end: the last second is decoded and must reach the header's length (one seek, no full
+    decode), so a truncated or corrupt file fails here, not hours later in feature
+    extraction. A raw stream without a recorded length is decoded whole."""
     with _pyav_stream(path, "decode audio") as (container, stream):
-        tail = max(0.0, duration - 1.0)
-        try:
-            container.seek(int(tail / stream.time_base), stream=stream, backward=True)
-            reached, samples = 0.0, []
-            for frame in container.decode(stream):
-                if frame.time is not None:
-                    reached = max(reached, frame.time + frame.samples / frame.sample_rate)
-                samples.append(frame.to_ndarray())
-        except Exception as exc:
-            raise DataError(f"{path}: truncated or corrupt audio (cannot decode the end: "
-                            f"{_reason(exc)})") from None
+        duration = _header_length(stream)
+        if duration is not None:
+            reached, samples = _decode_tail(path, container, stream, duration)
+    if duration is None:
+        data, rate = _pyav_read(path)
+        check_samples(path, data)
+        return len(data) / rate
     if reached < duration - LENGTH_SLACK_SECONDS:
         raise DataError(f"{path}: truncated audio (header says {duration:.2f} s, decoding "
                         f"ends at {reached:.2f} s)")
     if samples:
         check_samples(path, np.concatenate([s.reshape(-1) for s in samples]))
+    return duration
+
+
+def _decode_tail(path, container, stream, duration: float) -> tuple[float, list]:
+    """(where decoding ends in seconds, the samples) of the last second of a stream."""
+    try:
+        container.seek(int(max(0.0, duration - 1.0) / stream.time_base), stream=stream,
+                       backward=True)
+        reached, samples = 0.0, []
+        for frame in container.decode(stream):
+            if frame.time is not None:
+                reached = max(reached, frame.time + frame.samples / frame.sample_rate)
+            samples.append(frame.to_ndarray())
+    except Exception as exc:
+        raise DataError(f"{path}: truncated or corrupt audio (cannot decode the end: "
+                        f"{_reason(exc)})") from None
+    return reached, samples
 
 
 def decoded_by_pyav(path: str | Path) -> bool:
@@ -131,40 +153,54 @@ def _pyav_stream(path: str | Path, what: str):
         container.close()
 
 
-def _pyav_duration(stream) -> float:
+def _header_length(stream) -> float | None:
+    """The length in seconds the container records, or None for a raw stream (whose
+    'duration' FFmpeg only estimates from the bitrate)."""
+    container = stream.container
+    if not LENGTH_IN_HEADER & set(container.format.name.split(",")):
+        return None
     if stream.duration is not None:
         return float(stream.duration * stream.time_base)
-    container = stream.container
     if container.duration is not None:
         import av
         return container.duration / av.time_base
-    raise DataError(f"{container.name}: audio length unknown (no duration in the header)")
+    return None
 
 
-def _pyav_read(path: str | Path) -> tuple[np.ndarray, int]:
+def _pyav_read(path: str | Path, until: float | None = None) -> tuple[np.ndarray, int]:
     """(samples, channels) float32 and the sample rate: every frame, converted to planar
-    float at its own rate and layout, so the numbers are the decoder's."""
+    float at the first frame's rate, so the numbers are the decoder's. Decoding stops at the
+    length the container records: what the last frame holds beyond it is codec padding.
+    With `until` (seconds) it stops once past that time: a segment early in a long
+    recording decodes only its beginning, to the same samples as a whole decode."""
     import av
     with _pyav_stream(path, "decode audio") as (container, stream):
-        expected = _pyav_duration(stream)
-        chunks, to_planar = [], None
+        expected = _header_length(stream)
+        chunks, rate, decoded, stopped, to_planar = [], None, 0, False, None
         try:
             for frame in container.decode(stream):
-                if frame.format.name != "fltp":
+                rate = rate or frame.sample_rate
+                if frame.format.name != "fltp" or frame.sample_rate != rate:
                     # One converter for the stream, not one per frame.
                     to_planar = to_planar or av.AudioResampler(
-                        format="fltp", layout=frame.layout, rate=frame.sample_rate)
+                        format="fltp", layout=frame.layout, rate=rate)
                     frame = to_planar.resample(frame)[0]
                 chunks.append(frame.to_ndarray())
+                decoded += chunks[-1].shape[1]
+                if until is not None and decoded > until * rate + 1:
+                    stopped = True
+                    break
         except Exception as exc:
             raise DataError(f"{path}: truncated or corrupt audio (decoding failed: "
                             f"{_reason(exc)})") from None
-        sr = stream.rate
+        rate = rate or stream.rate
     data = (np.concatenate(chunks, axis=1).T if chunks else np.zeros((0, 1), np.float32))
-    if len(data) / sr < expected - LENGTH_SLACK_SECONDS:
-        raise DataError(f"{path}: truncated audio (header says {expected:.2f} s, "
-                        f"{len(data) / sr:.2f} s decode)")
-    return np.ascontiguousarray(data, dtype=np.float32), sr
+    if expected is not None:
+        if not stopped and len(data) / rate < expected - LENGTH_SLACK_SECONDS:
+            raise DataError(f"{path}: truncated audio (header says {expected:.2f} s, "
+                            f"{len(data) / rate:.2f} s decode)")
+        data = data[:int(round(expected * rate))]
+    return np.ascontiguousarray(data, dtype=np.float32), rate
 
 
 def _span(path, start: float | None, end: float | None, sr: int, frames: int) -> tuple[int, int]:

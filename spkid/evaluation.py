@@ -92,6 +92,7 @@ def score_unseen(scoring, rows, meta: dict, e, norm, *, progress: bool = False
     emb = np.zeros((len(rows), scoring.model.embedding_dim), np.float32)
     emb[used] = embed_audio_files(scoring.model, extractor_for_model(scoring.config["features"]),
                                   [rows[k].path for k in used], e.batch_frames, scoring.device,
+                                  spans=[(rows[k].start, rows[k].end) for k in used],
                                   progress=progress)
     result, curve = score_trials(emb, i, j, labels, norm)
     result["recordings"] = int(len(used))

@@ -86,11 +86,13 @@ def extractor_for_model(features: dict):
 
 
 def embed_audio_files(model, extractor, paths, batch_frames: int, device, *,
-                      extract_batch: int = 32, chunk_frames: int | None = None,
+                      spans=None, extract_batch: int = 32, chunk_frames: int | None = None,
                       progress: bool = False) -> np.ndarray:
     """(len(paths), embedding_dim) float32 embeddings of whole recordings, in the order of
     `paths`: decode (spkid.audio.read_audio), log-mels with `extractor`, then the model's
     embedding on batches of similar length with padding masks, as for val/test views.
+    `spans`, one (start, end) in seconds per path (None = from the beginning / to the end),
+    embeds those parts of the recordings instead (a Kaldi folder's segments).
 
     Files are handled in duration order (read from the headers), a chunk of about
     `chunk_frames` frames at a time (default 16 * batch_frames), so memory stays bounded
@@ -106,8 +108,10 @@ def embed_audio_files(model, extractor, paths, batch_frames: int, device, *,
     out = np.zeros((len(paths), dim), np.float32)
     if not paths:
         return out
+    spans = [(None, None)] * len(paths) if spans is None else list(spans)
     frames_per_s = extractor.sample_rate / extractor.hop_length
-    est = np.array([audio_info(p)[0] * frames_per_s + 1 for p in paths])
+    est = np.array([((end if end is not None else audio_info(p)[0]) - (start or 0.0))
+                    * frames_per_s + 1 for p, (start, end) in zip(paths, spans)])
     order = np.argsort(est, kind="stable")
     budget = chunk_frames or 16 * batch_frames
     chunks, chunk, size = [], [], 0.0
@@ -126,7 +130,7 @@ def embed_audio_files(model, extractor, paths, batch_frames: int, device, *,
         for chunk in chunks:
             feats = []
             for s in range(0, len(chunk), extract_batch):
-                waves = [read_audio(paths[k], extractor.sample_rate)
+                waves = [read_audio(paths[k], extractor.sample_rate, *spans[k])
                          for k in chunk[s:s + extract_batch]]
                 feats += extractor(waves)
             store = FeatureStore.from_matrices([paths[k] for k in chunk], feats)

@@ -48,8 +48,8 @@ SCHEMA: dict[str, Any] = {
                      choices=("auto", "hw4", "audio_dir")),
         "submit_dir": _f("str", None, "audio_dir/kaldi only: unlabelled audio for the submission",
                          nullable=True),
-        "verify_dir": _f("str", None, "audio_dir-style folder of unseen speakers for verification",
-                         nullable=True),
+        "verify_dir": _f("str", None, "folder of unseen speakers for verification "
+                         "(audio_dir-style or Kaldi)", nullable=True),
         "min_seconds": _f("float", 0.5, "shortest usable recording", min=0),
         "short": _f("str", "skip", "what to do with recordings under data.min_seconds",
                     choices=("skip", "pad")),
@@ -162,7 +162,8 @@ SCHEMA: dict[str, Any] = {
                               above=0),
         "max_trials": _f("int", 200000, "cap on trials per role", min=2),
         "batch_frames": _f("int", 20000, "padded frames per evaluation batch", min=1),
-        "trials": _f("str", None, "VoxCeleb-style trial list scored as unseen-speaker verification", nullable=True),
+        "trials": _f("str", None, "VoxCeleb- or Kaldi-style trial list scored as "
+                     "unseen-speaker verification", nullable=True),
         "subtract_mean": _f("bool", False, "also score with the training-set mean embedding "
                             "subtracted (\"mean_sub\" in metrics/eval.json)"),
         "asnorm_top_n": _f("int", 0, "also score with adaptive s-norm against the training "

@@ -137,14 +137,21 @@ def test_url_archive_of_audio(repo, tmp_path_factory):
 @pytest.mark.e2e
 def test_kaldi_folder(repo, tmp_path_factory):
     """The toolkits' way of keeping data, end to end: a Kaldi folder (wav.scp with FLAC and
-    m4a recordings, segments, utt2spk, spk2utt). (An m4a audio_dir runs end to end in
-    test_audio_dir_split_by_time_with_verification.)"""
+    m4a recordings, segments, utt2spk, spk2utt) to train on, and another, with a Kaldi
+    trial list naming its segments by utterance id, to verify on. (An m4a audio_dir runs
+    end to end in test_audio_dir_split_by_time_with_verification.)"""
     pytest.importorskip("av")
     from test_sources_kaldi import make_kaldi
     path, env = repo
     data = tmp_path_factory.mktemp("data")
     kaldi = make_kaldi(data / "kaldi", speakers=("alice", "bob", "carol"))
-    copy_project(path, with_tiny(data={"source": "kaldi", "path": str(kaldi)}))
+    unseen = make_kaldi(data / "unseen", speakers=("dave", "erin"), seed=1)
+    (unseen / "trials").write_text(
+        "dave-rec0-a dave-rec1-b target\ndave-rec0-a erin-rec0-b nontarget\n"
+        "erin-rec0-a erin-rec1-a target\nerin-rec1-b dave-rec1-a nontarget\n")
+    copy_project(path, with_tiny(data={"source": "kaldi", "path": str(kaldi),
+                                       "verify_dir": str(unseen)},
+                                 evaluate={"trials": str(unseen / "trials")}))
     commit(path, env, "project")
 
     out = repro(path, env)
@@ -154,4 +161,9 @@ def test_kaldi_folder(repo, tmp_path_factory):
     views = pq.read_table(path / "data/index/utterances.parquet").to_pylist()
     assert {v["utterance_id"] for v in views} == {
         f"{spk}-rec{r}-{half}" for spk in ("alice", "bob", "carol") for r in (0, 1) for half in "ab"}
-    assert read_metrics(path)["test"]["trials"] > 0
+    metrics = read_metrics(path)
+    assert metrics["test"]["trials"] > 0
+    assert "verify: 4 listed trials over 7 utterances" in out
+    verify = metrics["verify"]
+    assert (verify["trials"], verify["target_trials"], verify["recordings"]) == (4, 2, 7)
+    assert verify["speakers"] == 2 and 0 <= verify["eer"] <= 1

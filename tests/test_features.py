@@ -118,25 +118,29 @@ def test_broken_torchaudio_is_one_clear_line(monkeypatch):
     assert "pip install 'torch>=2.11,<2.15' 'torchaudio==2.11.*'" in message
 
 
-def test_threads_inside_a_block_write_the_same_bytes(tmp_path):
+@pytest.mark.parametrize("suffix", [".wav", ".m4a"])
+def test_threads_inside_a_block_write_the_same_bytes(tmp_path, suffix):
     """One block, 1 or 3 workers (threads then): byte-identical shards, rows in manifest
-    order, short recordings skipped and counted the same."""
-    import soundfile as sf
-
+    order, short recordings skipped and counted the same; m4a (decoded by PyAV) and a
+    span of a recording (a Kaldi segment) as well as whole WAV files."""
     from spkid.features import BlockJob, manifest_to_shards
     from spkid.manifest import ManifestRow
+    from test_sources_stage import write_audio
+    if suffix == ".m4a":
+        pytest.importorskip("av")
     rng = np.random.default_rng(3)
     rows = []
     for k, seconds in enumerate([1.3, 0.2, 0.7, 2.1, 0.9, 1.6, 0.4]):
-        path = tmp_path / f"{k}.wav"
-        sf.write(str(path), (0.1 * rng.standard_normal(int(seconds * 16000))).astype(np.float32), 16000)
+        path = tmp_path / f"{k}{suffix}"
+        write_audio(path, (0.1 * rng.standard_normal(int(seconds * 16000))).astype(np.float32), 16000)
         rows.append(ManifestRow(f"u{k}", "s", str(path), duration=seconds))
+    rows.append(ManifestRow("u3-span", "s", rows[3].path, duration=1.0, start=0.6, end=1.6))
     ext = LogMelExtractor()
     out = {}
     for workers in (1, 3):
         job = BlockJob(str(tmp_path / "manifest.parquet"), {"format": "audio"}, ext.config(),
                        str(tmp_path / f"w{workers}"), {}, "float32", 2, 0.5, "skip")
         out[workers] = manifest_to_shards(rows, job, shard_size=100, workers=workers, progress=False)
-    assert out[1] == out[3] and out[1]["skipped_short"] == 2 and out[1]["utterances"] == 5
+    assert out[1] == out[3] and out[1]["skipped_short"] == 2 and out[1]["utterances"] == 6
     a, b = (next((tmp_path / f"w{w}").glob("shard-*.parquet")).read_bytes() for w in (1, 3))
     assert a == b

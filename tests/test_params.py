@@ -124,3 +124,23 @@ def test_readme_documents_every_key():
     readme = (ROOT / "README.md").read_text()
     missing = [key for key, _ in iter_fields() if f"`{key}`" not in readme]
     assert not missing, f"README params reference lacks {missing}"
+
+
+def test_readme_params_blocks_are_valid_params():
+    """Every ```yaml block of the README made of params sections (the recipes, such as
+    "Train on VoxCeleb2-dev, test on VoxCeleb1-O") validates over the defaults, so a
+    renamed key or a tightened bound cannot leave a recipe that no longer loads."""
+    import yaml
+
+    def merge(base: dict, over: dict) -> dict:
+        return {**base, **{k: merge(base[k], v) if isinstance(v, dict) and isinstance(
+            base.get(k), dict) else v for k, v in over.items()}}
+
+    readme = (ROOT / "README.md").read_text()
+    checked = []
+    for block in re.findall(r"```yaml\n(.*?)```", readme, re.S):
+        params = yaml.safe_load(block)
+        if isinstance(params, dict) and set(params) <= set(defaults()):
+            validate_params(merge(defaults(), params))
+            checked.append(block)
+    assert any("veri_test2.txt" in block for block in checked)

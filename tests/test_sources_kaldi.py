@@ -30,11 +30,30 @@ def test_m4a_decodes_to_the_tone_it_was_made_from(tmp_path):
     assert abs(check_audio(path) - duration) < 1e-9
     wave = read_audio(path, SR)
     assert abs(len(wave) / SR - 2.0) < 0.2 and 0.25 < np.abs(wave).max() < 0.35
+    # Decoding ends where the container says the track ends (the rest is codec padding),
+    # so download's duration and the samples features gets agree.
+    assert len(wave) == round(duration * SR)
     spectrum = np.abs(np.fft.rfft(wave[2048:2048 + SR]))
     assert abs(np.argmax(spectrum) - 440) <= 1  # 1 Hz bins over one second
     # Resampled and cut like any other file.
     part = read_audio(path, 8000, start=0.5, end=1.5)
     assert len(part) == 8000
+    # A span decodes only up to its end, to the very samples of the whole decode.
+    for start, end in [(0.5, 1.5), (0.0, 0.01), (1.9, duration)]:
+        span = read_audio(path, SR, start=start, end=end)
+        assert np.array_equal(span, wave[round(start * SR):round(end * SR)])
+
+
+def test_raw_aac_length_is_measured_not_guessed_from_the_bitrate(tmp_path):
+    """A raw ADTS stream records no length; FFmpeg's bitrate guess for 2 s of noise then
+    3 s of silence is about 3.3 s. The decoded length is what download and features use."""
+    path = tmp_path / "a.aac"
+    rng = np.random.default_rng(0)
+    write_audio(path, np.concatenate([0.3 * rng.standard_normal(2 * SR),
+                                      np.zeros(3 * SR)]).astype(np.float32), SR)
+    duration = check_audio(path)
+    assert abs(duration - 5.0) < 0.2 and audio_info(path) == (duration, SR)
+    assert len(read_audio(path, SR)) == round(duration * SR)
 
 
 def _first_line(exc: pytest.ExceptionInfo) -> str:
@@ -71,6 +90,22 @@ def test_corrupt_or_truncated_m4a_fails_in_download_in_one_line(tmp_path, damage
     assert _first_line(exc).startswith(str(bad))
 
 
+def test_m4a_damaged_mid_file_fails_in_features_in_one_line(tmp_path):
+    """Bytes overwritten inside the samples: download's check (header and last second)
+    cannot see them, as for FLAC; features' decode refuses the file, naming it."""
+    good = tmp_path / "good.m4a"
+    write_audio(good, tone(6.0), SR)
+    data = bytearray(good.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 2000] = np.random.default_rng(0).integers(0, 256, 2000, np.uint8).tobytes()
+    bad = tmp_path / "bad.m4a"
+    bad.write_bytes(bytes(data))
+    assert abs(check_audio(bad) - check_audio(good)) < 1e-9
+    with pytest.raises(DataError) as exc:
+        read_audio(bad, SR)
+    assert _first_line(exc).startswith(f"{bad}: truncated or corrupt audio")
+
+
 def test_m4a_audio_dir_is_found_and_scanned(tmp_path):
     folder = make_audio_dir(tmp_path / "d", speakers=2, per_speaker=2, fmt="m4a")
     rows, meta = scan_audio_dir(folder, min_seconds=0.5, short="skip")
@@ -78,10 +113,11 @@ def test_m4a_audio_dir_is_found_and_scanned(tmp_path):
     assert all(r.utterance_id.endswith(".m4a") and r.duration > 0.9 for r in rows)
 
 
-def make_kaldi(folder: Path, *, segments: bool = True, speakers=("alice", "bob")) -> Path:
+def make_kaldi(folder: Path, *, segments: bool = True, speakers=("alice", "bob"),
+               seed: int = 0) -> Path:
     """Two speakers, two recordings each (one flac, one m4a), relative paths; with
     segments each recording gives two utterances."""
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     wav_scp, utt2spk, spk2utt, segs = [], [], {}, []
     for s, spk in enumerate(speakers):
         for r, suffix in enumerate((".flac", ".m4a")):
@@ -136,6 +172,11 @@ BAD = {
              "wav.scp:1: 'alice-rec0' is a command"),
     "archive": ("wav.scp", "alice-rec0 feats.ark:1234", "wav.scp:1: 'alice-rec0' points into a Kaldi archive"),
     "malformed": ("utt2spk", "lonely-utterance", "utt2spk:1: expected '<utterance-id> <speaker>'"),
+    # A third word would otherwise become part of the speaker's name ('alice extra').
+    "speaker_with_space": ("utt2spk", "alice-rec0-a alice extra",
+                           "utt2spk:1: expected '<utterance-id> <speaker>'"),
+    "nan_segment": ("segments", "alice-rec0-a alice-rec0 nan 1.5",
+                    "segments:1: segment 'alice-rec0-a' has start nan s"),
     "speaker_without_audio": ("utt2spk", "+ghost-utt carol",
                               "utt2spk:9: utterance 'ghost-utt' (speaker 'carol') has no audio"),
     "no_speaker": ("utt2spk", "-bob-rec1-b", "segments:8: utterance 'bob-rec1-b' has no speaker"),
@@ -162,6 +203,9 @@ def test_kaldi_problems_are_one_line_naming_file_and_line(tmp_path, case):
             (folder / "segments").write_text((folder / "segments").read_text()
                                              + "dave-rec0 dave-rec0 0 -1\n")
             (folder / "spk2utt").write_text((folder / "spk2utt").read_text() + "dave dave-rec0\n")
+    elif case == "speaker_with_space":  # without spk2utt nothing else would catch it
+        (folder / "spk2utt").unlink()
+        lines[0] = edit
     elif edit.startswith("-"):
         lines = [line for line in lines if not line.startswith(edit[1:])]
     else:
@@ -174,6 +218,36 @@ def test_kaldi_problems_are_one_line_naming_file_and_line(tmp_path, case):
     assert str(folder) in text
     if case == "missing_file":
         assert text.endswith("audio/nothing.flac: not found")
+    if case == "pipe":  # the file the command decodes is named: spkid reads it directly
+        assert text.endswith("list audio/alice-rec0.flac itself, spkid decodes it")
+
+
+def test_kaldi_recording_without_speaker_names_its_wav_scp_line(tmp_path):
+    """Without segments the utterances are wav.scp's recordings: one missing from utt2spk
+    is named by its wav.scp line."""
+    folder = make_kaldi(tmp_path / "k", segments=False)
+    (folder / "spk2utt").unlink()
+    utt2spk = folder / "utt2spk"
+    utt2spk.write_text("".join(line + "\n" for line in utt2spk.read_text().splitlines()
+                               if not line.startswith("bob-rec0 ")))
+    with pytest.raises(DataError) as exc:
+        scan_kaldi(folder, min_seconds=0.5, short="skip")
+    assert _first_line(exc) == (f"{folder / 'wav.scp'}:3: utterance 'bob-rec0' has no "
+                                f"speaker in {utt2spk}")
+
+
+def test_kaldi_lists_with_bom_read_and_empty_lists_named(tmp_path):
+    """A byte-order mark (Windows editors write one) is not part of the first id; an
+    empty list is named as such, not reported as 'all 0 utterances are too short'."""
+    folder = make_kaldi(tmp_path / "k")
+    for name in ("wav.scp", "utt2spk"):
+        (folder / name).write_bytes(b"\xef\xbb\xbf" + (folder / name).read_bytes())
+    rows, _ = scan_kaldi(folder, min_seconds=0.5, short="skip")
+    assert rows[0].utterance_id == "alice-rec0-a"
+    (folder / "utt2spk").write_text("\n")
+    with pytest.raises(DataError) as exc:
+        scan_kaldi(folder, min_seconds=0.5, short="skip")
+    assert _first_line(exc).startswith(f"{folder / 'utt2spk'}: lists nothing")
 
 
 def test_kaldi_trial_list_format(tmp_path):
@@ -187,3 +261,45 @@ def test_kaldi_trial_list_format(tmp_path):
     trials.write_text("spk0/00.wav spk0/01.wav maybe\n")
     with pytest.raises(DataError, match=r"trials:1: label must be 0 or 1"):
         read_trials_list(trials, folder)
+
+
+def test_kaldi_verification_folder_and_its_utterance_id_trials(tmp_path):
+    """data.verify_dir may be a Kaldi folder; evaluate.trials then names its utterances by
+    id (Kaldi's own lists), segments included, and each trial maps to those rows."""
+    from spkid.sources.unseen import scan_unseen_speakers, unseen_trials
+    folder = make_kaldi(tmp_path / "k")
+    rows, meta = scan_unseen_speakers(folder, None)
+    assert meta["kind"] == "dir" and meta["speakers"] == ["alice", "bob"] and len(rows) == 8
+    i, j, labels = unseen_trials(rows, meta, seed=0, nontarget_ratio=1.0, max_trials=100)
+    assert labels.sum() == 2 * 6  # all same-speaker pairs: 4 segments per speaker
+
+    trials = tmp_path / "trials"
+    trials.write_text("alice-rec0-a alice-rec1-b target\nalice-rec0-a bob-rec0-b nontarget\n"
+                      "# a comment\n"
+                      "1 bob-rec0-a bob-rec1-a\n")
+    rows, meta = scan_unseen_speakers(folder, trials)
+    assert meta["kind"] == "trials" and meta["pairs"] == 3
+    by_id = {r.utterance_id: r for r in rows}
+    assert sorted(by_id) == ["alice-rec0-a", "alice-rec1-b", "bob-rec0-a", "bob-rec0-b",
+                             "bob-rec1-a"]
+    assert (by_id["alice-rec1-b"].start, by_id["alice-rec1-b"].end) == (1.5, None)
+    i, j, labels = unseen_trials(rows, meta, seed=0, nontarget_ratio=1.0, max_trials=100)
+    got = [(rows[a].utterance_id, rows[b].utterance_id, int(y)) for a, b, y in zip(i, j, labels)]
+    assert got == [("alice-rec0-a", "alice-rec1-b", 1), ("alice-rec0-a", "bob-rec0-b", 0),
+                   ("bob-rec0-a", "bob-rec1-a", 1)]
+
+    for text, line in [("alice-rec0-a alice-rec1-b target\nalice-rec0-a carol-rec0-a nontarget\n", 2),
+                       ("carol-rec0-a carol-rec0-b target\n", 1)]:
+        trials.write_text(text)
+        with pytest.raises(DataError) as exc:
+            scan_unseen_speakers(folder, trials)
+        assert _first_line(exc).startswith(f"{trials}:{line}: utterance 'carol-rec0-a' is not in")
+
+    # Only the audio the list names is opened (a trial list of VoxCeleb1-O's 4,708 files
+    # out of WeSpeaker's whole VoxCeleb1 folder); without a list, every file is.
+    (folder / "audio" / "bob-rec1.m4a").unlink()
+    trials.write_text("alice-rec0-a bob-rec0-b nontarget\n")
+    rows, _ = scan_unseen_speakers(folder, trials)
+    assert sorted(r.utterance_id for r in rows) == ["alice-rec0-a", "bob-rec0-b"]
+    with pytest.raises(DataError, match="bob-rec1.m4a: not found"):
+        scan_unseen_speakers(folder, None)

@@ -80,13 +80,13 @@ def make_audio_dir(folder: Path, speakers: int = 3, per_speaker: int = 4,
 
 
 def write_audio(path: Path, wave: np.ndarray, sr: int) -> None:
-    """WAV/FLAC through soundfile; m4a (AAC) encoded through PyAV, the library spkid
-    decodes it with."""
-    if path.suffix != ".m4a":
+    """WAV/FLAC through soundfile; m4a (AAC in MP4) and .aac (raw ADTS stream) encoded
+    through PyAV, the library spkid decodes them with."""
+    if path.suffix not in (".m4a", ".aac"):
         sf.write(str(path), wave, sr)
         return
     import av
-    with av.open(str(path), "w", format="mp4") as out:
+    with av.open(str(path), "w", format="mp4" if path.suffix == ".m4a" else "adts") as out:
         stream = out.add_stream("aac", rate=sr)
         stream.layout = "mono"
         frame = av.AudioFrame.from_ndarray(np.asarray(wave, np.float32)[None], format="fltp",
@@ -517,6 +517,14 @@ def test_embed_audio_files_matches_the_feature_shards(project, tmp_path, capsys)
     alone = embed_audio_files(model, extractor, paths[::-1], 1, "cpu", chunk_frames=1)
     np.testing.assert_allclose(alone[::-1], want, rtol=1e-4, atol=1e-5)
     assert embed_audio_files(model, extractor, [], 100, "cpu").shape == (0, model.embedding_dim)
+    # A span of a recording (a Kaldi segment) embeds as those samples cut into a file.
+    wave, sr = sf.read(paths[0], dtype="float32")
+    cut = tmp_path / "cut.wav"
+    sf.write(str(cut), wave[int(0.1 * sr):int(0.55 * sr)], sr, subtype="FLOAT")
+    spans = embed_audio_files(model, extractor, [paths[0], cut], 20000, "cpu",
+                              spans=[(0.1, 0.55), (None, None)])
+    np.testing.assert_allclose(spans[0], spans[1], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(spans[0], got[0], rtol=1e-3, atol=1e-4)
 
 
 def test_synthetic_corpus_keeps_its_stamp_and_gets_a_verify_manifest(project, tmp_path, capsys):

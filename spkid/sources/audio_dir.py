@@ -18,7 +18,7 @@ from pathlib import Path, PurePosixPath
 
 import soundfile as sf
 
-from spkid.audio import (AUDIO_SUFFIXES, audio_info, check_decodes_to_end, check_samples,
+from spkid.audio import (AUDIO_SUFFIXES, audio_info, check_pyav_audio, check_samples,
                          decoded_by_pyav)
 from spkid.errors import DataError
 from spkid.manifest import ManifestRow
@@ -84,13 +84,34 @@ def scan_unseen_folder(folder: str | Path) -> list[ManifestRow]:
 
 def read_trials_list(path: str | Path, audio_root: str | Path | None = None
                      ) -> list[tuple[int, Path, Path]]:
-    """Verification trials: one `label enroll_path test_path` per line (VoxCeleb's lists:
-    label 1 = same speaker, 0 = different) or `enroll_path test_path target|nontarget`
-    (Kaldi's and WeSpeaker's). Paths are relative to `audio_root`, by
-    default the list file's folder, and come back absolute and normalised (symlinks are
-    not resolved, so they compare equal to the `path` of scan_unseen_folder's rows when both
-    are given the same folder). Blank lines and lines starting with # are ignored;
-    paths cannot contain spaces."""
+    """Verification trials of a list whose entries are audio paths (trial_lines' formats).
+    Paths are relative to `audio_root`, by default the list file's folder, and come back
+    absolute and normalised (symlinks are not resolved, so they compare equal to the `path`
+    of scan_unseen_folder's rows when both are given the same folder); paths cannot
+    contain spaces."""
+    path = Path(path)
+    base = Path(os.path.abspath(path.parent if audio_root is None else audio_root))
+    trials, checked = [], set()
+    for lineno, label, *names in trial_lines(path):
+        pair = []
+        for field in names:
+            audio = Path(os.path.normpath(base / field))
+            if audio not in checked:  # trial lists name each file many times
+                if not audio.is_file():
+                    raise DataError(f"{audio}: audio file not found (trial list {path} "
+                                    f"line {lineno})")
+                checked.add(audio)
+            pair.append(audio)
+        trials.append((label, pair[0], pair[1]))
+    return trials
+
+
+def trial_lines(path: str | Path) -> list[tuple[int, int, str, str]]:
+    """(line number, label, enroll, test) of each trial of a list: one `label enroll test`
+    per line (VoxCeleb's lists: label 1 = same speaker, 0 = different) or `enroll test
+    target|nontarget` (Kaldi's and WeSpeaker's). Blank lines and lines starting with # are
+    ignored; an empty list, a malformed line or another label is one line naming the file
+    and line."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -98,9 +119,7 @@ def read_trials_list(path: str | Path, audio_root: str | Path | None = None
         raise DataError(f"{path}: trial list not found") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: cannot read trial list ({exc})") from None
-    base = Path(os.path.abspath(path.parent if audio_root is None else audio_root))
-
-    trials, checked = [], set()
+    trials = []
     for lineno, line in enumerate(text.splitlines(), start=1):
         fields = line.split()
         if not fields or fields[0].startswith("#"):
@@ -112,16 +131,7 @@ def read_trials_list(path: str | Path, audio_root: str | Path | None = None
             fields = [KALDI_LABELS[fields[2]], fields[0], fields[1]]
         if fields[0] not in ("0", "1"):
             raise DataError(f"{path}:{lineno}: label must be 0 or 1, got {fields[0]!r:.20}")
-        pair = []
-        for field in fields[1:]:
-            audio = Path(os.path.normpath(base / field))
-            if audio not in checked:  # trial lists name each file many times
-                if not audio.is_file():
-                    raise DataError(f"{audio}: audio file not found (trial list {path} "
-                                    f"line {lineno})")
-                checked.add(audio)
-            pair.append(audio)
-        trials.append((int(fields[0]), pair[0], pair[1]))
+        trials.append((lineno, int(fields[0]), fields[1], fields[2]))
     if not trials:
         raise DataError(f"{path}: trial list has no trials")
     return trials
@@ -169,10 +179,9 @@ def check_audio(path: str | Path) -> float:
         raise DataError(f"{path}: cannot read ({exc.strerror})") from None
     if size == 0:
         raise DataError(f"{path}: empty file (0 bytes)")
-    duration, _ = audio_info(path)
     if decoded_by_pyav(path):
-        check_decodes_to_end(path, duration)
-        return duration
+        return check_pyav_audio(path)
+    duration, _ = audio_info(path)
     if _wav_is_truncated(path, size):
         raise DataError(f"{path}: truncated WAV (the data chunk is longer than the file)")
     frames = _decodable_tail(path)

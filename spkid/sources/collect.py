@@ -32,9 +32,10 @@ def unseen_summary(verify: tuple[list, dict]) -> str:
     vrows, vmeta = verify
     if vmeta["kind"] is None:
         return ""
-    what = (f"{vmeta['pairs']} listed trials over {len(vrows)} recordings"
+    unit = "utterances" if vmeta.get("keys") == "utterance_id" else "recordings"  # Kaldi's
+    what = (f"{vmeta['pairs']} listed trials over {len(vrows)} {unit}"
             if vmeta["kind"] == "trials" else
-            f"{len(vrows)} recordings, {len(vmeta['speakers'])} speakers")
+            f"{len(vrows)} {unit}, {len(vmeta['speakers'])} speakers")
     return f"; verify: {what}"
 
 

@@ -16,9 +16,11 @@ problem is one line naming the file and line.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
+from spkid.audio import AUDIO_SUFFIXES
 from spkid.errors import DataError
 from spkid.manifest import ManifestRow
 from spkid.sources.audio_dir import audio_row, existing_dir
@@ -30,10 +32,12 @@ def is_kaldi_dir(folder: str | Path) -> bool:
     return all((Path(folder) / name).is_file() for name in REQUIRED)
 
 
-def scan_kaldi(folder: str | Path, *, min_seconds: float, short: str
-               ) -> tuple[list[ManifestRow], dict]:
+def scan_kaldi(folder: str | Path, *, min_seconds: float, short: str,
+               only: set[str] | None = None) -> tuple[list[ManifestRow], dict]:
     """(rows, meta) of every utterance of a Kaldi folder, sorted by utterance id, with the
-    same handling of short utterances as scan_audio_dir."""
+    same handling of short utterances as scan_audio_dir. With `only`, the lists are still
+    checked whole but only those utterances' audio is opened and returned (a trial list's
+    few thousand out of a whole corpus)."""
     folder = existing_dir(folder, "Kaldi data folder")
     for name in REQUIRED:
         if not (folder / name).is_file():
@@ -43,7 +47,11 @@ def scan_kaldi(folder: str | Path, *, min_seconds: float, short: str
     recordings = {key: (_audio_path(folder, wav_scp, n, key, value), n)
                   for key, value, n in _table(wav_scp, 2, "<recording-id> <path>")}
     utt2spk = {utt: (spk, n) for utt, spk, n in _table(folder / "utt2spk", 2,
-                                                      "<utterance-id> <speaker>")}
+                                                      "<utterance-id> <speaker>", exact=True)}
+    for name, table in (("wav.scp", recordings), ("utt2spk", utt2spk)):
+        if not table:
+            raise DataError(f"{folder / name}: lists nothing (a Kaldi data folder needs "
+                            "at least one line in each of wav.scp and utt2spk)")
     if (folder / "segments").is_file():
         spans = _segments(folder / "segments", recordings)
     else:
@@ -61,7 +69,7 @@ def scan_kaldi(folder: str | Path, *, min_seconds: float, short: str
     if (folder / "spk2utt").is_file():
         _check_spk2utt(folder / "spk2utt", utt2spk)
     rows, skipped, info = [], 0, {}
-    for utt in sorted(spans):
+    for utt in sorted(spans if only is None else set(spans) & set(only)):
         rec, start, end, n, listed_in = spans[utt]
         path, rec_line = recordings[rec]
         if rec not in info:
@@ -83,17 +91,18 @@ def scan_kaldi(folder: str | Path, *, min_seconds: float, short: str
         rows.append(ManifestRow(utterance_id=utt, speaker=utt2spk[utt][0], path=whole.path,
                                 duration=duration, size=whole.size, mtime_ns=whole.mtime_ns,
                                 start=start, end=end))
-    if not rows:
+    if not rows and only is None:
         raise DataError(f"{folder}: all {len(spans)} utterances are shorter than "
                         f"min_seconds = {min_seconds:g} (use short: pad to keep them)")
     return rows, {"format": "audio", "skipped_short": skipped,
                   "speakers": sorted({r.speaker for r in rows})}
 
 
-def _table(path: Path, columns: int, expected: str):
-    """(key, rest of the line, line number) of each non-blank line; keys are unique."""
+def _table(path: Path, columns: int, expected: str, exact: bool = False):
+    """(key, rest of the line, line number) of each non-blank line; keys are unique. With
+    `exact` a line has exactly `columns` fields (a speaker name holds no spaces)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a BOM is not part of the first key
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: cannot read ({exc})") from None
     seen: dict[str, int] = {}
@@ -101,7 +110,7 @@ def _table(path: Path, columns: int, expected: str):
         if not line.strip():
             continue
         fields = line.split(None, columns - 1)
-        if len(fields) < columns:
+        if len(fields) < columns or (exact and len(fields[-1].split()) > 1):
             raise DataError(f"{path}:{n}: expected '{expected}', got {line.strip()!r:.100}")
         key = fields[0]
         if key in seen:
@@ -112,9 +121,12 @@ def _table(path: Path, columns: int, expected: str):
 
 def _audio_path(folder: Path, wav_scp: Path, n: int, key: str, value: str) -> Path:
     if value.endswith("|"):
+        # Kaldi's VoxCeleb2 recipe pipes each m4a through ffmpeg; spkid decodes it itself.
+        named = [word for word in value.split() if word.lower().endswith(AUDIO_SUFFIXES)]
+        fix = (f"list {named[0]} itself, spkid decodes it" if named else
+               "write the audio to files and list their paths")
         raise DataError(f"{wav_scp}:{n}: {key!r} is a command ({value!r:.60}); spkid never "
-                        "runs commands from data files: write the audio to files and list "
-                        "their paths")
+                        f"runs commands from data files: {fix}")
     if ".ark:" in value or value.endswith(".ark"):
         raise DataError(f"{wav_scp}:{n}: {key!r} points into a Kaldi archive ({value!r:.60}); "
                         "list audio files instead")
@@ -151,7 +163,7 @@ def _segments(path: Path, recordings: dict) -> dict:
         except ValueError:
             raise DataError(f"{path}:{n}: start and end must be seconds, got "
                             f"{fields[1]!r} {fields[2]!r}") from None
-        if start < 0 or (end != -1 and end <= start):
+        if not (math.isfinite(start) and math.isfinite(end)) or start < 0 or (end != -1 and end <= start):
             raise DataError(f"{path}:{n}: segment {utt!r} has start {start:g} s and end "
                             f"{end:g} s (need 0 <= start < end, or end -1 for the whole rest)")
         spans[utt] = (rec, start, None if end == -1 else end, n, path)

@@ -2,11 +2,14 @@
 
 Two ways to name them (both may be given):
 
-    verify_dir   an audio_dir-style folder (<speaker>/**/<audio>) of speakers the model
-                 never trained on; `evaluate` scores all same-speaker pairs plus a seeded
-                 sample of different-speaker pairs, as for val and test
-    trials       a VoxCeleb-style list, one `label enroll_path test_path` per line; paths
-                 are relative to verify_dir when it is given, else to the list's folder
+    verify_dir   an audio_dir-style folder (<speaker>/**/<audio>) or a Kaldi folder
+                 (wav.scp, utt2spk, optional segments) of speakers the model never trained
+                 on; `evaluate` scores all same-speaker pairs plus a seeded sample of
+                 different-speaker pairs, as for val and test
+    trials       a VoxCeleb-style list, one `label enroll test` per line, or Kaldi's
+                 `enroll test target|nontarget`; the entries are paths relative to
+                 verify_dir when it is given, else to the list's folder, and utterance ids
+                 when verify_dir is a Kaldi folder (as Kaldi's own trial lists are)
 
 `scan_unseen_speakers` turns either into manifest rows with size/mtime fingerprints (the
 `download` stage writes them to data/raw/verify.parquet, so DVC re-runs `evaluate` when a
@@ -23,7 +26,9 @@ import numpy as np
 
 from spkid.errors import DataError, StaleInputError
 from spkid.manifest import ManifestRow
-from spkid.sources.audio_dir import check_audio, read_trials_list, scan_unseen_folder
+from spkid.sources.audio_dir import (check_audio, read_trials_list, scan_unseen_folder,
+                                     trial_lines)
+from spkid.sources.kaldi import is_kaldi_dir, scan_kaldi
 
 FORMAT = "verify"
 
@@ -37,6 +42,8 @@ def scan_unseen_speakers(verify_dir: str | Path | None, trials: str | Path | Non
     of meta, so editing a label changes the manifest too."""
     if verify_dir is None and trials is None:
         return [], {"format": FORMAT, "kind": None}
+    if verify_dir is not None and is_kaldi_dir(verify_dir):
+        return _scan_kaldi_unseen(Path(os.path.abspath(verify_dir)), trials)
     if trials is None:
         folder = Path(os.path.abspath(verify_dir))
         rows = scan_unseen_folder(folder)
@@ -65,6 +72,28 @@ def scan_unseen_speakers(verify_dir: str | Path | None, trials: str | Path | Non
                   "audio_root": str(root), "trials_sha256": digest, "pairs": len(pairs)}
 
 
+def _scan_kaldi_unseen(folder: Path, trials: str | Path | None) -> tuple[list[ManifestRow], dict]:
+    """A Kaldi folder of unseen speakers: every utterance (nothing left out for being
+    short), or only those its trial list names by utterance id."""
+    meta = {"format": FORMAT, "verify_dir": str(folder), "keys": "utterance_id"}
+    if trials is None:
+        rows, _ = scan_kaldi(folder, min_seconds=0.0, short="pad")
+        return rows, {**meta, "kind": "dir", "speakers": sorted({r.speaker for r in rows})}
+    trials = Path(os.path.abspath(trials))
+    lines = trial_lines(trials)
+    named = {utt for _, _, *ids in lines for utt in ids}
+    rows, _ = scan_kaldi(folder, min_seconds=0.0, short="pad", only=named)
+    known = {r.utterance_id for r in rows}
+    for lineno, _, *ids in lines:
+        for utt in ids:
+            if utt not in known:
+                raise DataError(f"{trials}:{lineno}: utterance {utt!r} is not in the Kaldi "
+                                f"folder {folder} (wav.scp, segments)")
+    digest = hashlib.sha256(trials.read_bytes()).hexdigest()
+    return rows, {**meta, "kind": "trials", "trials": str(trials), "trials_sha256": digest,
+                  "pairs": len(lines)}
+
+
 def unseen_trials(rows: list[ManifestRow], meta: dict, *, seed: int,
                         nontarget_ratio: float, max_trials: int
                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -81,13 +110,18 @@ def unseen_trials(rows: list[ManifestRow], meta: dict, *, seed: int,
         raise DataError(f"{trials}: trial list not found")
     if hashlib.sha256(trials.read_bytes()).hexdigest() != meta.get("trials_sha256"):
         raise StaleInputError(f"{trials}: trial list changed since it was scanned")
-    where = {r.path: k for k, r in enumerate(rows)}
+    if meta.get("keys") == "utterance_id":  # a Kaldi folder's list names utterances
+        where = {r.utterance_id: k for k, r in enumerate(rows)}
+        pairs = [(label, a, b) for _, label, a, b in trial_lines(trials)]
+    else:
+        where = {r.path: k for k, r in enumerate(rows)}
+        pairs = [(label, str(a), str(b))
+                 for label, a, b in read_trials_list(trials, meta["audio_root"])]
     index = []
-    for label, a, b in read_trials_list(trials, meta["audio_root"]):
-        if str(a) not in where or str(b) not in where:
-            missing = a if str(a) not in where else b
-            raise StaleInputError(f"{missing}: named by {trials} but not in the verification "
-                                  "manifest")
-        index.append((where[str(a)], where[str(b)], label))
+    for label, a, b in pairs:
+        if a not in where or b not in where:
+            raise StaleInputError(f"{a if a not in where else b}: named by {trials} but not "
+                                  "in the verification manifest")
+        index.append((where[a], where[b], label))
     arr = np.asarray(index, dtype=np.int64).reshape(-1, 3)
     return arr[:, 0], arr[:, 1], arr[:, 2]
