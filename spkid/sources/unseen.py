@@ -23,7 +23,8 @@ import numpy as np
 
 from spkid.errors import DataError, StaleInputError
 from spkid.manifest import ManifestRow
-from spkid.sources.audio_dir import check_audio, read_trials_list, scan_unseen_folder
+from spkid.sources.audio_dir import check_audio, scan_unseen_folder
+from spkid.sources.trials import read_trials_list
 
 FORMAT = "verify"
 
