@@ -57,7 +57,6 @@ class TrainResult:
     final_train_loss: float = float("nan")
     final_train_accuracy: float = float("nan")
     window: Window = field(default_factory=Window)
-    history: list[dict] = field(default_factory=list)  # the metrics of each validation
     # Wall time, for the summary line only: never in a checkpoint, so those stay reproducible.
     validation_seconds: float = 0.0
 
@@ -106,7 +105,9 @@ class RunState:
         torch.set_rng_state(snapshot["rng_cpu"])
         if self.device.type == "cuda" and snapshot.get("rng_cuda") is not None:
             torch.cuda.set_rng_state(snapshot["rng_cuda"], self.device)
-        progress = dict(snapshot["progress"])
+        # Only the fields TrainResult has: a checkpoint of an older spkid may carry more.
+        progress = {k: v for k, v in snapshot["progress"].items()
+                    if k in TrainResult.__dataclass_fields__}
         self.progress = TrainResult(**{**progress, "window": Window(*progress["window"])})
 
     def snapshot(self) -> dict:
@@ -238,7 +239,6 @@ def _validate(run: RunState, store, val_views, val_labels, batch_frames, max_fra
         metrics["val/accuracy"] = validation_accuracy(run.model, store, val_views, val_labels,
                                                       batch_frames, max_frames, run.device)
     hooks.log(metrics, state.step)
-    state.history.append({"step": state.step, **metrics})
     # Without a val split the last model is the best we can tell.
     score = metrics.get("val/accuracy", state.step)
     weights = run.weights()
