@@ -107,6 +107,17 @@ def det_json(curve: dict | None) -> dict:
             if curve else []}
 
 
+def write_det_curves(folder, curves: dict) -> None:
+    """<folder>/<role>.json for every role scored; the unseen-speaker ("verify") curve of an
+    earlier run goes when this one has none."""
+    from pathlib import Path
+
+    from spkid.atomic import write_json
+    (Path(folder) / "verify.json").unlink(missing_ok=True)
+    for role, curve in curves.items():
+        write_json(Path(folder) / f"{role}.json", det_json(curve))
+
+
 def summary_text(report: dict, norm_kind: str | None) -> str:
     """The evaluate stage's one-line summary."""
     num = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731

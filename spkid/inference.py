@@ -33,6 +33,11 @@ class Scoring:
         model, config = load_model_dir(model_dir, where)
         return cls(model, config, where, open_features(features_dir))
 
+    @property
+    def precomputed(self) -> bool:
+        """Trained on a data set's own features, which spkid's log-mels only approximate."""
+        return bool(self.config["features"].get("precomputed"))
+
     def embed(self, views, batch_frames: int, *, labels=None) -> "ViewOutputs":
         return embed_views(self.model, self.store, views, batch_frames, self.device, labels=labels)
 

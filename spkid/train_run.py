@@ -80,21 +80,24 @@ def augmenter(p):
 
 
 def begin(files: RunFiles, fingerprint: str, average_last: int, rank: int
-          ) -> tuple[dict | None, str, ValidationCheckpoints]:
-    """(state to resume or None, why not resumed ("" when resumed or nothing to resume),
-    the kept validation states). Rank 0 clears what a fresh run must not inherit and
-    trims what a resumed run will log again."""
+          ) -> tuple[dict | None, ValidationCheckpoints, list[str]]:
+    """(state to resume or None, the kept validation states, what to tell the user: why
+    a checkpoint was not resumed, or from which step it is). Rank 0 clears what a fresh
+    run must not inherit and trims what a resumed run will log again."""
     resume, why = resumable(files.last, files.best, fingerprint)
     if rank == 0 and resume is None:
         shutil.rmtree(files.checkpoints, ignore_errors=True)
         shutil.rmtree(files.curves, ignore_errors=True)
     files.checkpoints.mkdir(parents=True, exist_ok=True)
     kept = ValidationCheckpoints(files.checkpoints, average_last)
-    if rank == 0 and resume is not None:
-        # Validations logged after this checkpoint will be logged again: drop them.
-        trim_curves(files.curves, resume["progress"]["step"])
-        kept.drop_after(resume["progress"]["step"])
-    return resume, why, kept
+    notes = [why] if rank == 0 and why else []
+    if resume is not None:
+        step = resume["progress"]["step"]
+        notes.append(f"resuming from step {step} of {files.last}")
+        if rank == 0:  # validations logged after this checkpoint will be logged again: drop them
+            trim_curves(files.curves, step)
+            kept.drop_after(step)
+    return resume, kept, notes
 
 
 def hooks(files: RunFiles, fingerprint: str, log, kept: ValidationCheckpoints) -> RunHooks:

@@ -1,10 +1,9 @@
 """train: fit the configured speaker model; keep the best checkpoint by val accuracy.
 
 Resumable: every `train.checkpoint_every` steps the full training state goes to
-data/checkpoints/ (not a DVC output, so DVC leaves it alone). Killed and run again with
-the same params and data, training continues from there and ends exactly where an
-uninterrupted run would (on CPU). Multi-GPU / multi-node: launch under `torchrun`; each
-rank trains on its own slice of the segment index and rank 0 writes."""
+data/checkpoints/ (no DVC output); run again with the same params and data, training ends
+exactly where an uninterrupted run would (on CPU). Multi-GPU / multi-node: launch under
+`torchrun`; each rank trains on its own slice of the segment index and rank 0 writes."""
 
 from __future__ import annotations
 
@@ -45,11 +44,9 @@ def train(params: Path = ParamsOption):
     batches = SegmentBatches(store, pq.read_table(SEGMENTS), p.train.batch_size, p.train.seed,
                              p.train.steps, rank=rank, world=world)
     fingerprint = train_run.fingerprint(p, [SEGMENTS, SPEAKERS, VIEWS])
-    resume, why, kept = train_run.begin(FILES, fingerprint, p.train.average_last, rank)
-    if rank == 0 and why:
-        print(f"[train] {why}", flush=True)
-    if resume is not None:
-        print(f"[train] resuming from step {resume['progress']['step']} of {FILES.last}", flush=True)
+    resume, kept, notes = train_run.begin(FILES, fingerprint, p.train.average_last, rank)
+    for note in notes:
+        print(f"[train] {note}", flush=True)
     if world > 1:
         print(f"[train] rank {rank} of {world} on {device}: {batches.count} crop windows", flush=True)
     log = train_run.CurveLog(TRAIN_LIVE, resume is not None) if rank == 0 else None
