@@ -57,8 +57,8 @@ SCHEMA: dict[str, Any] = {
             "speakers": _f("int", 40, "number of synthetic speakers", min=2),
             "utterances_per_speaker": _f("int", 20, "labelled utterances per speaker", min=3),
             "submit_per_speaker": _f("int", 2, "extra unlabelled utterances per speaker", min=0),
-            "min_seconds": _f("float", 2.0, "shortest utterance", above=0),
-            "max_seconds": _f("float", 6.0, "longest utterance", above=0),
+            "min_seconds": _f("float", 2.0, "shortest utterance (room for a syllable)", min=0.25),
+            "max_seconds": _f("float", 6.0, "longest utterance", min=0.25, max=600),
             "snr_db": _f("float", 20.0, "background noise level (higher is cleaner)"),
             "spread": _f("float", 0.4, "how far apart speaker voices are (lower is harder)",
                          above=0),
@@ -298,6 +298,10 @@ _CROSS_CHECKS: list[tuple[str, Callable[[dict], bool], str]] = [
      "must be 0 (off) or >= 2 (a standard deviation needs two scores)"),
     ("data.url", lambda p: p["data"]["source"] != "url" or bool(p["data"]["url"]),
      "is required when data.source is url"),
+    # The synthetic voices' formants reach ~4 kHz; above 48 kHz their filters lose accuracy.
+    ("features.sample_rate", lambda p: p["data"]["source"] != "synthetic"
+     or 8000 <= p["features"]["sample_rate"] <= 48000,
+     "must lie in [8000, 48000] when data.source is synthetic"),
 ]
 
 
