@@ -15,7 +15,7 @@ from spkid.atomic import atomic_dir, write_json
 from spkid.averaging import ValidationCheckpoints, average_checkpoints
 from spkid.checkpoint import WEIGHTS, resumable, save_model_dir, save_torch, save_weights
 from spkid.errors import DataError
-from spkid.training import RunHooks, trim_curves, validation_accuracy, validation_views
+from spkid.training import RunHooks, Validation, trim_curves
 
 
 @dataclass(frozen=True)
@@ -131,7 +131,7 @@ class CurveLog:
 
 
 def finish(files: RunFiles, p, config: dict, model, result, kept: ValidationCheckpoints,
-           val: dict, store, device) -> dict:
+           validation: Validation, device) -> dict:
     """Draw the training curves; write the model folder (the best checkpoint, or the average
     of the kept validation states) and the metrics file; remove the resumable state. Returns the averaging
     summary ({} without averaging)."""
@@ -142,11 +142,8 @@ def finish(files: RunFiles, p, config: dict, model, result, kept: ValidationChec
         raise DataError(f"{files.best}: training ended without a checkpoint")
     averaged, average = None, {}
     if kept.enabled:  # the model is the average of the kept states, not the best single one
-        views, labels = validation_views(val, p.train)
-        averaged, average = average_checkpoints(kept, model, lambda m: None if labels is None else
-                                                validation_accuracy(
-                                                    m, store, views, labels, p.evaluate.batch_frames,
-                                                    p.train.valid_max_frames, device))
+        averaged, average = average_checkpoints(kept, model,
+                                                lambda m: validation.accuracy(m, device))
     with atomic_dir(files.model) as tmp:
         if averaged is None:
             shutil.copyfile(files.best, tmp / WEIGHTS)

@@ -20,7 +20,7 @@ from spkid.index import read_views
 from spkid.losses import margin_schedule
 from spkid.params import load_params
 from spkid.shards import open_features, read_meta
-from spkid.training import train as fit
+from spkid.training import Validation, train as fit
 from stages.common import ParamsOption, exclusive, one_line_errors, summary
 from stages.layout import (CHECKPOINTS, FEATURES, MODEL, SEGMENTS, SPEAKERS, TRAIN_LIVE,
                            TRAIN_METRICS, TRAINING_PLOT, VIEWS)
@@ -37,10 +37,11 @@ def train(params: Path = ParamsOption):
     started = time.perf_counter()
     p = load_params(params)
     rank, world, device = distributed.start(p.train.device)
-    val = read_views(VIEWS, ["val"])["val"]
     store = open_features(FEATURES)
-    config, model = train_run.new_model(p, store.n_mels, json.loads(SPEAKERS.read_text())[
-        "speakers"], read_meta(FEATURES), rank)
+    validation = Validation.sample(store, read_views(VIEWS, ["val"])["val"], p.train,
+                                   p.evaluate.batch_frames)
+    speakers = json.loads(SPEAKERS.read_text())["speakers"]
+    config, model = train_run.new_model(p, store.n_mels, speakers, read_meta(FEATURES), rank)
     batches = SegmentBatches(store, pq.read_table(SEGMENTS), p.train.batch_size, p.train.seed,
                              p.train.steps, rank=rank, world=world)
     fingerprint = train_run.fingerprint(p, [SEGMENTS, SPEAKERS, VIEWS])
@@ -50,8 +51,7 @@ def train(params: Path = ParamsOption):
     if world > 1:
         print(f"[train] rank {rank} of {world} on {device}: {batches.count} crop windows", flush=True)
     log = train_run.CurveLog(TRAIN_LIVE, resume is not None) if rank == 0 else None
-    result = fit(model, batches, val, store, p.train, device=device,
-                 batch_frames=p.evaluate.batch_frames, resume=resume,
+    result = fit(model, batches, validation, p.train, device=device, resume=resume,
                  hooks=train_run.hooks(FILES, fingerprint, log, kept),
                  margin_at=margin_schedule(p.loss), augment=train_run.augmenter(p),
                  rank=rank, world=world)
@@ -59,6 +59,6 @@ def train(params: Path = ParamsOption):
     if rank != 0:
         return
     log.end()
-    average = train_run.finish(FILES, p, config, model, result, kept, val, store, device)
+    average = train_run.finish(FILES, p, config, model, result, kept, validation, device)
     summary("train", train_run.summary_text(result, device, world, average),
             time.perf_counter() - started)

@@ -9,7 +9,7 @@ from spkid.params import validate_params
 from spkid.shards import FeatureStore
 from spkid.index import crop_windows
 from spkid.inference import embed_views
-from spkid.training import RunHooks, subset_views, train, warmup_cosine
+from spkid.training import RunHooks, Validation, subset_views, train, warmup_cosine
 
 N_MELS, SPEAKERS = 8, 3
 
@@ -60,8 +60,8 @@ def run_training(tmp_path, seed=0):
     model = build_model(config)
     batches = SegmentBatches(store, segments_for(store, labels), 8, seed, 30)
     saved, curve = {}, []
-    result = train(model, batches, views_for(store, labels), store, PARAMS.train,
-                   device=torch.device("cpu"), batch_frames=400,
+    validation = Validation.sample(store, views_for(store, labels), PARAMS.train, 400)
+    result = train(model, batches, validation, PARAMS.train, device=torch.device("cpu"),
                    hooks=RunHooks(save_best=lambda s: saved.update(state=s),
                                   log=lambda metrics, step: curve.append(metrics["train/loss"])),
                    progress=False)
