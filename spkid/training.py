@@ -135,16 +135,17 @@ class RunState:
         return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
 
 
-def train(model, batches, validation: Validation, t, *, device: torch.device,
-          hooks: RunHooks = RunHooks(), resume: dict | None = None,
-          margin_at: Callable[[int], float | None] = lambda step: None,
-          augment: Callable = lambda x, mask: x, rank: int = 0, world: int = 1,
-          progress: bool = True) -> TrainResult:
-    """Run optimizer steps up to `t.steps` (t: the train params); `batches[k]` is batch k.
-    With `world` > 1 the model is wrapped in DistributedDataParallel; rank 0 alone
-    validates and hands out through `hooks`."""
+def train(model, batches, validation: Validation, p, *, device: torch.device,
+          hooks: RunHooks = RunHooks(), resume: dict | None = None, rank: int = 0,
+          world: int = 1, progress: bool = True) -> TrainResult:
+    """Run optimizer steps up to `p.train.steps` with the loss margin and augmentation the
+    params ask for; `batches[k]` is batch k. With `world` > 1 the model is wrapped in
+    DistributedDataParallel; rank 0 alone validates and hands out through `hooks`."""
     from tqdm import tqdm
 
+    from spkid.augment import augmentation
+    from spkid.losses import margin_schedule
+    t, margin_at, augment = p.train, margin_schedule(p.loss), augmentation(p)
     run = RunState(model, t, device)
     if resume is not None:
         run.restore(resume)

@@ -17,7 +17,6 @@ import typer
 from spkid import distributed, train_run
 from spkid.batching import SegmentBatches
 from spkid.index import read_views
-from spkid.losses import margin_schedule
 from spkid.params import load_params
 from spkid.shards import open_features, read_meta
 from spkid.training import Validation, train as fit
@@ -44,21 +43,17 @@ def train(params: Path = ParamsOption):
     config, model = train_run.new_model(p, store.n_mels, speakers, read_meta(FEATURES), rank)
     batches = SegmentBatches(store, pq.read_table(SEGMENTS), p.train.batch_size, p.train.seed,
                              p.train.steps, rank=rank, world=world)
-    fingerprint = train_run.fingerprint(p, [SEGMENTS, SPEAKERS, VIEWS])
-    resume, kept, notes = train_run.begin(FILES, fingerprint, p.train.average_last, rank)
-    for note in notes:
+    start = train_run.begin(FILES, train_run.fingerprint(p, [SEGMENTS, SPEAKERS, VIEWS]),
+                            p.train.average_last, rank)
+    for note in start.notes:
         print(f"[train] {note}", flush=True)
     if world > 1:
         print(f"[train] rank {rank} of {world} on {device}: {batches.count} crop windows", flush=True)
-    log = train_run.CurveLog(TRAIN_LIVE, resume is not None) if rank == 0 else None
-    result = fit(model, batches, validation, p.train, device=device, resume=resume,
-                 hooks=train_run.hooks(FILES, fingerprint, log, kept),
-                 margin_at=margin_schedule(p.loss), augment=train_run.augmenter(p),
-                 rank=rank, world=world)
+    result = fit(model, batches, validation, p, device=device, resume=start.resume,
+                 hooks=start.hooks, rank=rank, world=world)
     distributed.finish(world)
     if rank != 0:
         return
-    log.end()
-    average = train_run.finish(FILES, p, config, model, result, kept, validation, device)
+    average = train_run.finish(FILES, p, config, model, result, start, validation, device)
     summary("train", train_run.summary_text(result, device, world, average),
             time.perf_counter() - started)

@@ -61,7 +61,7 @@ def run_training(tmp_path, seed=0):
     batches = SegmentBatches(store, segments_for(store, labels), 8, seed, 30)
     saved, curve = {}, []
     validation = Validation.sample(store, views_for(store, labels), PARAMS.train, 400)
-    result = train(model, batches, validation, PARAMS.train, device=torch.device("cpu"),
+    result = train(model, batches, validation, PARAMS, device=torch.device("cpu"),
                    hooks=RunHooks(save_best=lambda s: saved.update(state=s),
                                   log=lambda metrics, step: curve.append(metrics["train/loss"])),
                    progress=False)
