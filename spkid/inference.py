@@ -177,6 +177,16 @@ class AudioEmbedder:
         """Trained on a data set's own features, which spkid's log-mels only approximate."""
         return bool(self.config["features"].get("precomputed"))
 
+    @property
+    def threshold(self) -> float | None:
+        """The same/different threshold export shipped (the val EER's); None without one."""
+        return self.config.get("eer_threshold")
+
+    def warnings(self) -> list[str]:
+        """What may make this model's scores of raw audio less trustworthy."""
+        return ["was trained on precomputed features; features extracted here from raw audio "
+                "may not match the data set's extraction"] if self.precomputed else []
+
     def embed(self, paths) -> np.ndarray:
         """Raw embeddings of whole recordings, in order."""
         return embed_audio_files(self.model, extractor_for_model(self.config["features"]),

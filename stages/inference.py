@@ -25,10 +25,8 @@ InputsArgument = typer.Argument(..., help="audio files and/or folders")
 
 def _load(model_dir: Path, device: str, closed_set: bool = False) -> AudioEmbedder:
     embedder = AudioEmbedder.load(model_dir, device, closed_set=closed_set)
-    if embedder.precomputed:
-        print(f"spkid: warning: {model_dir} was trained on precomputed features; features "
-              "extracted here from raw audio may not match the data set's extraction",
-              file=sys.stderr)
+    for warning in embedder.warnings():
+        print(f"spkid: warning: {model_dir} {warning}", file=sys.stderr)
     return embedder
 
 
@@ -52,14 +50,12 @@ def verify(a: Path = typer.Argument(..., help="first recording"),
            model: Path = ModelOption, device: str = DeviceOption):
     """Score of two recordings (cosine, normalised as the model was exported) and a
     same/different decision at the EER threshold."""
-    a, b = recording(a), recording(b)
-    embedder = _load(model, device)
-    threshold = embedder.config.get("eer_threshold")
-    if threshold is None:
+    a, b, embedder = recording(a), recording(b), _load(model, device)
+    if embedder.threshold is None:
         raise DataError(f"{model}: model.json has no eer_threshold (export a model that was evaluated)")
     score = embedder.pair_score(a, b)
-    decision = "same" if score >= threshold else "different"
-    print(f"score {score:.4f} threshold {threshold:.4f} -> {decision} speaker")
+    print(f"score {score:.4f} threshold {embedder.threshold:.4f} -> "
+          f"{'same' if score >= embedder.threshold else 'different'} speaker")
 
 
 @app.command()
@@ -67,7 +63,6 @@ def verify(a: Path = typer.Argument(..., help="first recording"),
 def predict(inputs: list[Path] = InputsArgument, model: Path = ModelOption,
             device: str = DeviceOption):
     """The closed-set speaker of each recording and its probability."""
-    files = audio_inputs(inputs)
-    embedder = _load(model, device, closed_set=True)
-    for (f, _), (speaker, prob) in zip(files, embedder.closed_set([f for f, _ in files])):
+    files = [f for f, _ in audio_inputs(inputs)]
+    for f, (speaker, prob) in zip(files, _load(model, device, closed_set=True).closed_set(files)):
         print(f"{f}\t{speaker}\t{prob:.4f}")
