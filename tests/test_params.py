@@ -47,6 +47,10 @@ def test_contract_defaults():
     ({"data": {"synthetic": {"max_seconds": 601}}}, r"data\.synthetic\.max_seconds = 601\.0: must be <= 600"),
     ({"features": {"sample_rate": 4000}},
      r"features\.sample_rate = 4000: must lie in \[8000, 48000\] when data\.source is synthetic"),
+    # Mel bands narrower than an FFT bin are constant features (all of them here: a model
+    # that learns from nothing), refused rather than trained on.
+    ({"features": {"f_min": 7990.0}}, r"features\.n_mels = 40: a mel band .* holds no FFT bin"),
+    ({"features": {"n_mels": 128}}, r"features\.n_mels = 128: a mel band"),
 ])
 def test_bad_params_fail_with_one_line_naming_the_key(raw, pattern):
     with pytest.raises(ParamsError) as err:
