@@ -71,3 +71,23 @@ def load_noise(folder: str | Path, extractor) -> list[np.ndarray]:
     if not files:
         raise DataError(f"train.augment.noise_dir: no audio files in {folder}")
     return extractor([read_audio(p, extractor.sample_rate) for p in files])
+
+
+def augmentation(p):
+    """The feature-domain augmentation p.train.augment asks for, as one (x, mask) -> x step
+    (the identity when it asks for none)."""
+    from spkid.features import LogMelExtractor
+    a = p.train.augment
+    steps = []
+    if a.specaugment:
+        steps.append(lambda x, mask, f=SpecAugment(a.time_masks, a.time_mask_width, a.freq_masks,
+                                                   a.freq_mask_width): f(x))
+    if a.noise_dir:
+        steps.append(NoiseAugment(load_noise(a.noise_dir, LogMelExtractor.from_params(p.features)),
+                                  tuple(a.snr_db), a.noise_prob))
+
+    def augment(x, mask):
+        for step in steps:
+            x = step(x, mask)
+        return x
+    return augment

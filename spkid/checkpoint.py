@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from spkid.atomic import atomic_path, write_json
-from spkid.errors import DataError
+from spkid.errors import DataError, StaleInputError
 
 WEIGHTS, CONFIG = "model.pt", "model.json"
 
@@ -68,7 +68,7 @@ def read_config(path: str | Path) -> dict:
     try:
         return json.loads(Path(path).read_text())
     except FileNotFoundError:
-        raise DataError(f"{path}: not found (train a model first)") from None
+        raise StaleInputError(f"{path}: not found", path) from None
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
 

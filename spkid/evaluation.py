@@ -52,14 +52,14 @@ def score_trials(emb: np.ndarray, i: np.ndarray, j: np.ndarray, labels: np.ndarr
     beside the raw cosine ones, under its name ("mean_sub", "asnorm"); the DET curve is
     the raw one."""
     labels = np.asarray(labels, np.int64)
-    result, det = _verify_scores(cosine_scores(emb, i, j), labels)
+    result, det = _trial_metrics(cosine_scores(emb, i, j), labels)
     if norm is not None:
         for name, scores in norm.scores(emb, i, j).items():
-            result[name] = _verify_scores(scores, labels)[0]
+            result[name] = _trial_metrics(scores, labels)[0]
     return result, det
 
 
-def _verify_scores(scores: np.ndarray, labels: np.ndarray) -> tuple[dict, dict | None]:
+def _trial_metrics(scores: np.ndarray, labels: np.ndarray) -> tuple[dict, dict | None]:
     if labels.sum() == 0 or labels.sum() == len(labels):
         # Verification needs both kinds of trial; say so instead of inventing a number.
         return {"eer": None, "min_dcf_p01": None, "min_dcf_p05": None,
@@ -106,6 +106,17 @@ def det_json(curve: dict | None) -> dict:
     """A role's DET operating points as metrics/det/<role>.json holds them."""
     return {"det": [{"fpr": a, "fnr": b} for a, b in zip(curve["fpr"], curve["fnr"])]
             if curve else []}
+
+
+def write_det_curves(folder, curves: dict) -> None:
+    """<folder>/<role>.json for every role scored; the unseen-speaker ("verify") curve of an
+    earlier run goes when this one has none."""
+    from pathlib import Path
+
+    from spkid.atomic import write_json
+    (Path(folder) / "verify.json").unlink(missing_ok=True)
+    for role, curve in curves.items():
+        write_json(Path(folder) / f"{role}.json", det_json(curve))
 
 
 def summary_text(report: dict, norm_kind: str | None) -> str:

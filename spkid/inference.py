@@ -33,6 +33,11 @@ class Scoring:
         model, config = load_model_dir(model_dir, where)
         return cls(model, config, where, open_features(features_dir))
 
+    @property
+    def precomputed(self) -> bool:
+        """Trained on a data set's own features, which spkid's log-mels only approximate."""
+        return bool(self.config["features"].get("precomputed"))
+
     def embed(self, views, batch_frames: int, *, labels=None) -> "ViewOutputs":
         return embed_views(self.model, self.store, views, batch_frames, self.device, labels=labels)
 
@@ -161,14 +166,78 @@ class AudioEmbedder:
     batch_frames: int = 20000
 
     @classmethod
-    def load(cls, path, device: str) -> "AudioEmbedder":
+    def load(cls, path, device: str, *, closed_set: bool = False) -> "AudioEmbedder":
+        """The model at `path`; with `closed_set` (predicting training speakers) it must be
+        the PyTorch folder, which keeps the classification head."""
+        from spkid.errors import DataError
         from spkid.onnx_export import load_embedder
+        if closed_set and Path(path).suffix == ".onnx":
+            raise DataError(f"{path}: predict needs the PyTorch model folder (an ONNX graph "
+                            "outputs embeddings only)")
         return cls(*load_embedder(path, pick_device(device)))
+
+    @property
+    def precomputed(self) -> bool:
+        """Trained on a data set's own features, which spkid's log-mels only approximate."""
+        return bool(self.config["features"].get("precomputed"))
+
+    @property
+    def threshold(self) -> float | None:
+        """The same/different threshold export shipped (the val EER's); None without one."""
+        return self.config.get("eer_threshold")
+
+    def warnings(self) -> list[str]:
+        """What may make this model's scores of raw audio less trustworthy."""
+        return ["was trained on precomputed features; features extracted here from raw audio "
+                "may not match the data set's extraction"] if self.precomputed else []
 
     def embed(self, paths) -> np.ndarray:
         """Raw embeddings of whole recordings, in order."""
         return embed_audio_files(self.model, extractor_for_model(self.config["features"]),
                                  paths, self.batch_frames, self.device)
+
+    def scored_embeddings(self, paths) -> np.ndarray:
+        """The embeddings as scoring sees them: minus the training mean when export shipped one."""
+        return self.norm.center(self.embed(paths))
+
+    def pair_score(self, a, b) -> float:
+        """The normalised cosine score of two recordings, as evaluate scored its trials."""
+        emb = self.scored_embeddings([a, b])
+        return float(self.norm.decision_scores(emb, np.array([0]), np.array([1]))[0])
+
+    @torch.no_grad()
+    def closed_set(self, paths) -> list[tuple[str, float]]:
+        """(training speaker, its softmax probability) most likely for each recording."""
+        emb = self.embed(paths)
+        logits = self.model.head(torch.from_numpy(emb).to(next(self.model.parameters()).device))
+        prob = torch.softmax(logits.float(), dim=1).cpu().numpy()
+        return [(self.config["speakers"][int(row.argmax())], float(row.max())) for row in prob]
+
+
+def write_embeddings(out: Path, files: list[tuple[Path, str | None]], emb: np.ndarray) -> None:
+    """A Parquet table (path, speaker, embedding) at `out`, written whole or not at all."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from spkid.atomic import atomic_path
+    from spkid.errors import DataError
+    table = pa.table({"path": [str(f) for f, _ in files], "speaker": [s for _, s in files],
+                      "embedding": pa.array(list(emb), pa.list_(pa.float32()))})
+    try:
+        with atomic_path(out) as tmp:
+            pq.write_table(table, tmp)
+    except OSError as exc:  # what no check beforehand can rule out: a full disk, a race
+        raise DataError(f"{out}: cannot write ({exc.strerror or exc})") from None
+
+
+def recording(path: Path) -> Path:
+    """`path` if it names one recording; a folder or a missing file is refused by name."""
+    from spkid.errors import DataError
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder (verify compares two recordings)")
+    if not path.is_file():
+        raise DataError(f"{path}: not found")
+    return path
 
 
 def audio_inputs(inputs) -> list[tuple[Path, str | None]]:

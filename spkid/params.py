@@ -57,8 +57,8 @@ SCHEMA: dict[str, Any] = {
             "speakers": _f("int", 40, "number of synthetic speakers", min=2),
             "utterances_per_speaker": _f("int", 20, "labelled utterances per speaker", min=3),
             "submit_per_speaker": _f("int", 2, "extra unlabelled utterances per speaker", min=0),
-            "min_seconds": _f("float", 2.0, "shortest utterance", above=0),
-            "max_seconds": _f("float", 6.0, "longest utterance", above=0),
+            "min_seconds": _f("float", 2.0, "shortest utterance (room for a syllable)", min=0.25),
+            "max_seconds": _f("float", 6.0, "longest utterance", min=0.25, max=600),
             "snr_db": _f("float", 20.0, "background noise level (higher is cleaner)"),
             "spread": _f("float", 0.4, "how far apart speaker voices are (lower is harder)",
                          above=0),
@@ -279,6 +279,22 @@ class Params:
         return f"Params({self.to_dict()!r})"
 
 
+def _empty_mel_band(f: dict) -> int | None:
+    """The first mel band (1-based) that no FFT bin falls inside, as torchaudio's htk
+    filterbank (spkid.features) builds them; None when every band gets one. Such a band is
+    a constant feature; when all are, the model learns from nothing."""
+    import numpy as np
+    f_max = f["f_max"] or f["sample_rate"] / 2
+    bins = np.linspace(0, f["sample_rate"] // 2, f["n_fft"] // 2 + 1)
+    mel = np.linspace(*(2595.0 * np.log10(1.0 + np.array([f["f_min"], f_max]) / 700.0)),
+                      f["n_mels"] + 2)
+    edges = 700.0 * (10.0 ** (mel / 2595.0) - 1.0)
+    for band in range(f["n_mels"]):
+        if not ((bins > edges[band]) & (bins < edges[band + 2])).any():
+            return band + 1
+    return None
+
+
 _CROSS_CHECKS: list[tuple[str, Callable[[dict], bool], str]] = [
     ("data.synthetic.max_seconds", lambda p: p["data"]["synthetic"]["max_seconds"]
      >= p["data"]["synthetic"]["min_seconds"], "must be >= data.synthetic.min_seconds"),
@@ -293,12 +309,19 @@ _CROSS_CHECKS: list[tuple[str, Callable[[dict], bool], str]] = [
      <= p["features"]["sample_rate"] / 2
      and (p["features"]["f_max"] or p["features"]["sample_rate"] / 2) > p["features"]["f_min"],
      "must lie in (features.f_min, features.sample_rate / 2]"),
+    ("features.n_mels", lambda p: _empty_mel_band(p["features"]) is None,
+     "a mel band between features.f_min and f_max holds no FFT bin and would be a constant "
+     "feature (fewer mels, a larger features.n_fft or a wider frequency range)"),
     ("data.path", lambda p: p["data"]["source"] not in ("hw4", "audio_dir", "kaldi")
      or bool(p["data"]["path"]), "is required when data.source is hw4, audio_dir or kaldi"),
     ("evaluate.asnorm_top_n", lambda p: p["evaluate"]["asnorm_top_n"] != 1,
      "must be 0 (off) or >= 2 (a standard deviation needs two scores)"),
     ("data.url", lambda p: p["data"]["source"] != "url" or bool(p["data"]["url"]),
      "is required when data.source is url"),
+    # The synthetic voices' formants reach ~4 kHz; above 48 kHz their filters lose accuracy.
+    ("features.sample_rate", lambda p: p["data"]["source"] != "synthetic"
+     or 8000 <= p["features"]["sample_rate"] <= 48000,
+     "must lie in [8000, 48000] when data.source is synthetic"),
 ]
 
 

@@ -15,7 +15,7 @@ from spkid.atomic import atomic_dir, write_json
 from spkid.averaging import ValidationCheckpoints, average_checkpoints
 from spkid.checkpoint import WEIGHTS, resumable, save_model_dir, save_torch, save_weights
 from spkid.errors import DataError
-from spkid.training import RunHooks, trim_curves, validation_accuracy, validation_views
+from spkid.training import RunHooks, Validation, trim_curves
 
 
 @dataclass(frozen=True)
@@ -59,45 +59,39 @@ def fingerprint(p, data_files: list[Path]) -> str:
     return h.hexdigest()
 
 
-def augmenter(p):
-    """The feature-domain augmentation train.augment asks for, as one (x, mask) -> x step."""
-    from spkid.augment import NoiseAugment, SpecAugment, load_noise
-    from spkid.features import LogMelExtractor
-    a = p.train.augment
-    steps = []
-    if a.specaugment:
-        steps.append(lambda x, mask, f=SpecAugment(a.time_masks, a.time_mask_width, a.freq_masks,
-                                                   a.freq_mask_width): f(x))
-    if a.noise_dir:
-        steps.append(NoiseAugment(load_noise(a.noise_dir, LogMelExtractor.from_params(p.features)),
-                                  tuple(a.snr_db), a.noise_prob))
-
-    def augment(x, mask):
-        for step in steps:
-            x = step(x, mask)
-        return x
-    return augment
+@dataclass
+class Start:
+    """How a run begins: the state it resumes (None: afresh), the kept validation states,
+    where the loop hands its states and metrics (`hooks`), the curve log (rank 0 only) and
+    what to tell the user (why a checkpoint was not resumed, or from which step it is)."""
+    resume: dict | None
+    kept: ValidationCheckpoints
+    hooks: RunHooks
+    log: "CurveLog | None"
+    notes: list[str]
 
 
-def begin(files: RunFiles, fingerprint: str, average_last: int, rank: int
-          ) -> tuple[dict | None, str, ValidationCheckpoints]:
-    """(state to resume or None, why not resumed ("" when resumed or nothing to resume),
-    the kept validation states). Rank 0 clears what a fresh run must not inherit and
-    trims what a resumed run will log again."""
+def begin(files: RunFiles, fingerprint: str, average_last: int, rank: int) -> Start:
+    """Rank 0 clears what a fresh run must not inherit and trims what a resumed run will
+    log again."""
     resume, why = resumable(files.last, files.best, fingerprint)
     if rank == 0 and resume is None:
         shutil.rmtree(files.checkpoints, ignore_errors=True)
         shutil.rmtree(files.curves, ignore_errors=True)
     files.checkpoints.mkdir(parents=True, exist_ok=True)
     kept = ValidationCheckpoints(files.checkpoints, average_last)
-    if rank == 0 and resume is not None:
-        # Validations logged after this checkpoint will be logged again: drop them.
-        trim_curves(files.curves, resume["progress"]["step"])
-        kept.drop_after(resume["progress"]["step"])
-    return resume, why, kept
+    notes = [why] if rank == 0 and why else []
+    if resume is not None:
+        step = resume["progress"]["step"]
+        notes.append(f"resuming from step {step} of {files.last}")
+        if rank == 0:  # validations logged after this checkpoint will be logged again: drop them
+            trim_curves(files.curves, step)
+            kept.drop_after(step)
+    log = CurveLog(files.curves, resume is not None) if rank == 0 else None
+    return Start(resume, kept, _hooks(files, fingerprint, log, kept), log, notes)
 
 
-def hooks(files: RunFiles, fingerprint: str, log, kept: ValidationCheckpoints) -> RunHooks:
+def _hooks(files: RunFiles, fingerprint: str, log, kept: ValidationCheckpoints) -> RunHooks:
     """Where the loop of spkid.training hands its states and metrics: the run's files."""
     return RunHooks(save_best=lambda weights: save_torch(files.best, weights),
                     save_checkpoint=lambda snap: save_torch(files.last,
@@ -127,23 +121,22 @@ class CurveLog:
         (self.folder / "metrics.json").unlink(missing_ok=True)
 
 
-def finish(files: RunFiles, p, config: dict, model, result, kept: ValidationCheckpoints,
-           val: dict, store, device) -> dict:
-    """Draw the training curves; write the model folder (the best checkpoint, or the average
-    of the kept validation states) and the metrics file; remove the resumable state. Returns the averaging
-    summary ({} without averaging)."""
+def finish(files: RunFiles, p, config: dict, model, result, start: Start,
+           validation: Validation, device) -> dict:
+    """Close the curve log and draw the training curves; write the model folder (the best
+    checkpoint, or the average of the kept validation states) and the metrics file; remove
+    the resumable state. Returns the averaging summary ({} without averaging)."""
     from spkid.plots import dvclive_curves, training_curves
+    start.log.end()
+    kept = start.kept
     training_curves(dvclive_curves(files.curves / "plots" / "metrics"), files.picture,
                     margin=None if p.loss.name == "softmax" else p.loss.m)
     if not files.best.exists():
         raise DataError(f"{files.best}: training ended without a checkpoint")
     averaged, average = None, {}
     if kept.enabled:  # the model is the average of the kept states, not the best single one
-        views, labels = validation_views(val, p.train)
-        averaged, average = average_checkpoints(kept, model, lambda m: None if labels is None else
-                                                validation_accuracy(
-                                                    m, store, views, labels, p.evaluate.batch_frames,
-                                                    p.train.valid_max_frames, device))
+        averaged, average = average_checkpoints(kept, model,
+                                                lambda m: validation.accuracy(m, device))
     with atomic_dir(files.model) as tmp:
         if averaged is None:
             shutil.copyfile(files.best, tmp / WEIGHTS)

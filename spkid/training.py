@@ -57,7 +57,6 @@ class TrainResult:
     final_train_loss: float = float("nan")
     final_train_accuracy: float = float("nan")
     window: Window = field(default_factory=Window)
-    history: list[dict] = field(default_factory=list)  # the metrics of each validation
     # Wall time, for the summary line only: never in a checkpoint, so those stay reproducible.
     validation_seconds: float = 0.0
 
@@ -106,7 +105,9 @@ class RunState:
         torch.set_rng_state(snapshot["rng_cpu"])
         if self.device.type == "cuda" and snapshot.get("rng_cuda") is not None:
             torch.cuda.set_rng_state(snapshot["rng_cuda"], self.device)
-        progress = dict(snapshot["progress"])
+        # Only the fields TrainResult has: a checkpoint of an older spkid may carry more.
+        progress = {k: v for k, v in snapshot["progress"].items()
+                    if k in TrainResult.__dataclass_fields__}
         self.progress = TrainResult(**{**progress, "window": Window(*progress["window"])})
 
     def snapshot(self) -> dict:
@@ -134,16 +135,17 @@ class RunState:
         return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
 
 
-def train(model, batches, val_views, store: FeatureStore, t, *, device: torch.device,
-          batch_frames: int, hooks: RunHooks = RunHooks(), resume: dict | None = None,
-          margin_at: Callable[[int], float | None] = lambda step: None,
-          augment: Callable = lambda x, mask: x, rank: int = 0, world: int = 1,
-          progress: bool = True) -> TrainResult:
-    """Run optimizer steps up to `t.steps` (t: the train params); `batches[k]` is batch k.
-    With `world` > 1 the model is wrapped in DistributedDataParallel; rank 0 alone
-    validates and hands out through `hooks`."""
+def train(model, batches, validation: Validation, p, *, device: torch.device,
+          hooks: RunHooks = RunHooks(), resume: dict | None = None, rank: int = 0,
+          world: int = 1, progress: bool = True) -> TrainResult:
+    """Run optimizer steps up to `p.train.steps` with the loss margin and augmentation the
+    params ask for; `batches[k]` is batch k. With `world` > 1 the model is wrapped in
+    DistributedDataParallel; rank 0 alone validates and hands out through `hooks`."""
     from tqdm import tqdm
 
+    from spkid.augment import augmentation
+    from spkid.losses import margin_schedule
+    t, margin_at, augment = p.train, margin_schedule(p.loss), augmentation(p)
     run = RunState(model, t, device)
     if resume is not None:
         run.restore(resume)
@@ -154,8 +156,6 @@ def train(model, batches, val_views, store: FeatureStore, t, *, device: torch.de
         # Its own generator: creating the iterator must not draw from the global RNG that
         # dropout and augmentation use, or a resumed run would drift from an uninterrupted one.
         generator=torch.Generator().manual_seed(t.seed))
-    # Validation during training scores a bounded sample; `evaluate` scores every view.
-    val_views, val_labels = validation_views(val_views, t)
 
     bar = tqdm(total=t.steps, initial=run.progress.step, desc="train", unit="step",
                disable=not progress or rank != 0)
@@ -173,15 +173,14 @@ def train(model, batches, val_views, store: FeatureStore, t, *, device: torch.de
         bar.update(1)
         if rank == 0 and (step % t.valid_every == 0 or step == t.steps):
             started = time.perf_counter()
-            metrics = _validate(run, store, val_views, val_labels, batch_frames,
-                                t.valid_max_frames, hooks, margin=margin_at(step))
+            metrics = _validate(run, validation, hooks, margin=margin_at(step))
             run.progress.validation_seconds += time.perf_counter() - started
             bar.set_postfix(loss=f"{metrics['train/loss']:.3f}",
                             val=f"{metrics.get('val/accuracy', float('nan')):.3f}")
         if rank == 0 and (step % t.checkpoint_every == 0 or step == t.steps):
             hooks.save_checkpoint(run.snapshot())
     bar.close()
-    if val_labels is None:
+    if validation.labels is None:
         run.progress.best_val_accuracy = float("nan")
     return run.progress
 
@@ -213,32 +212,41 @@ def trim_curves(folder, step: int) -> None:
             write_text(path, "\n".join([lines[0], *kept]) + "\n")
 
 
-def validation_views(val_views: dict, t) -> tuple[dict, np.ndarray | None]:
-    """(views, labels) scored at each validation: the seeded subset `t.valid_utterances`;
-    labels None when there is no val split."""
-    val_views = subset_views(val_views, t.valid_utterances, t.seed)
-    labels = np.asarray(val_views["speaker_id"], np.int64) if len(val_views["speaker_id"]) else None
-    return val_views, labels
+@dataclass
+class Validation:
+    """What each validation scores: a seeded sample of the val views (`valid_utterances`),
+    the middle `valid_max_frames` frames of each. Training's own, bounded measure;
+    `evaluate` scores every view whole."""
+    store: FeatureStore
+    views: dict
+    labels: np.ndarray | None  # None when there is no val split
+    batch_frames: int
+    max_frames: int
+
+    @classmethod
+    def sample(cls, store: FeatureStore, val_views: dict, t, batch_frames: int) -> "Validation":
+        """From the val views and the train params `t`."""
+        views = subset_views(val_views, t.valid_utterances, t.seed)
+        labels = np.asarray(views["speaker_id"], np.int64) if len(views["speaker_id"]) else None
+        return cls(store, views, labels, batch_frames, t.valid_max_frames)
+
+    def accuracy(self, model, device: torch.device) -> float | None:
+        """Closed-set accuracy of `model`; None without a val split."""
+        if self.labels is None:
+            return None
+        scored = embed_views(model, self.store, self.views, self.batch_frames, device,
+                             max_frames=self.max_frames)
+        return float((scored.predicted == self.labels).mean())
 
 
-def validation_accuracy(model, store, val_views, val_labels, batch_frames, max_frames, device
-                        ) -> float:
-    """Closed-set accuracy on the views of validation_views, as training measures it."""
-    scored = embed_views(model, store, val_views, batch_frames, device, max_frames=max_frames)
-    return float((scored.predicted == val_labels).mean())
-
-
-def _validate(run: RunState, store, val_views, val_labels, batch_frames, max_frames,
-              hooks: RunHooks, margin=None) -> dict:
+def _validate(run: RunState, validation: Validation, hooks: RunHooks, margin=None) -> dict:
     state = run.progress
     metrics = {**state.close_window(), "lr": run.optimizer.param_groups[0]["lr"]}
     if margin is not None:  # a scheduled margin (loss.margin_warmup); else it is loss.m
         metrics["margin"] = float(margin)
-    if val_labels is not None:
-        metrics["val/accuracy"] = validation_accuracy(run.model, store, val_views, val_labels,
-                                                      batch_frames, max_frames, run.device)
+    if validation.labels is not None:
+        metrics["val/accuracy"] = validation.accuracy(run.model, run.device)
     hooks.log(metrics, state.step)
-    state.history.append({"step": state.step, **metrics})
     # Without a val split the last model is the best we can tell.
     score = metrics.get("val/accuracy", state.step)
     weights = run.weights()

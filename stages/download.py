@@ -43,9 +43,9 @@ def download(params: Path = ParamsOption):
     started = time.perf_counter()
     p = load_params(params)
     # Scan the verification audio first: a bad file there fails before anything is written.
-    verify = scan_unseen_speakers(
+    unseen = scan_unseen_speakers(
         local_path(p.data.verify_dir) if p.data.verify_dir is not None else None,
         local_path(p.evaluate.trials) if p.evaluate.trials is not None else None)
     source = synthetic_corpus if p.data.source == "synthetic" else external_source
-    summary("download", source(p, FILES, verify) + unseen_summary(verify),
+    summary("download", source(p, FILES, unseen) + unseen_summary(unseen),
             time.perf_counter() - started)

@@ -14,7 +14,7 @@ import numpy as np
 import typer
 
 from spkid.atomic import atomic_dir, write_json
-from spkid.evaluation import ROLES, det_json, score_roles, score_unseen, summary_text
+from spkid.evaluation import ROLES, score_roles, score_unseen, summary_text, write_det_curves
 from spkid.index import read_views
 from spkid.inference import Scoring
 from spkid.manifest import read_manifest
@@ -45,15 +45,13 @@ def evaluate(params: Path = ParamsOption):
     report, curves, outputs = score_roles(scoring, views, p.evaluate, norm)
     rows, meta = read_manifest(UNSEEN_MANIFEST) if UNSEEN_MANIFEST.exists() else ([], {})
     if meta.get("kind") is not None:
-        if scoring.config["features"].get("precomputed"):
+        if scoring.precomputed:
             print("spkid: warning: the model was trained on precomputed (HW4) features; spkid's "
                   "log-mels of the verification audio cannot reproduce the data set's own "
                   "extraction exactly, so the verification EER is pessimistic", file=sys.stderr)
         report["verify"], curves["verify"] = score_unseen(scoring, rows, meta, p.evaluate, norm,
                                                           progress=sys.stderr.isatty())
-    (DET_DIR / "verify.json").unlink(missing_ok=True)
-    for role, curve in curves.items():
-        write_json(DET_DIR / f"{role}.json", det_json(curve))
+    write_det_curves(DET_DIR, curves)
     write_json(EVAL_METRICS, report)
     write_json(CONFUSIONS, evaluation_plots(
         PLOTS, curves, report, val_embeddings=outputs["val"].embeddings,

@@ -8,15 +8,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
-import torch
 import typer
 
-from spkid.atomic import atomic_path, check_writable
+from spkid.atomic import check_writable
 from spkid.errors import DataError
-from spkid.inference import AudioEmbedder, audio_inputs
+from spkid.inference import AudioEmbedder, audio_inputs, recording, write_embeddings
 from stages.common import one_line_errors
 from stages.layout import EXPORT_MODEL
 
@@ -24,34 +20,26 @@ app = typer.Typer(add_completion=False)
 ModelOption = typer.Option(EXPORT_MODEL, "--model", help="exported model folder (PyTorch), or the "
                            "model.onnx in it (ONNX Runtime)")
 DeviceOption = typer.Option("auto", "--device", help="auto | cpu | cuda")
+InputsArgument = typer.Argument(..., help="audio files and/or folders")
 
 
-def _load(model_dir: Path, device: str) -> AudioEmbedder:
-    embedder = AudioEmbedder.load(model_dir, device)
-    if embedder.config["features"].get("precomputed"):
-        print(f"spkid: warning: {model_dir} was trained on precomputed features; features "
-              "extracted here from raw audio may not match the data set's extraction",
-              file=sys.stderr)
+def _load(model_dir: Path, device: str, closed_set: bool = False) -> AudioEmbedder:
+    embedder = AudioEmbedder.load(model_dir, device, closed_set=closed_set)
+    for warning in embedder.warnings():
+        print(f"spkid: warning: {model_dir} {warning}", file=sys.stderr)
     return embedder
 
 
 @app.command()
 @one_line_errors
-def embed(inputs: list[Path] = typer.Argument(..., help="audio files and/or folders"),
+def embed(inputs: list[Path] = InputsArgument,
           out: Path = typer.Option(..., "--out", help="Parquet file to write"),
           model: Path = ModelOption, device: str = DeviceOption):
     """Speaker embeddings of audio files -> Parquet (path, speaker, embedding)."""
     check_writable(out)
     files = audio_inputs(inputs)
-    embedder = _load(model, device)
-    emb = embedder.norm.center(embedder.embed([f for f, _ in files]))  # the embeddings as scored: minus the training mean when shipped
-    table = pa.table({"path": [str(f) for f, _ in files], "speaker": [s for _, s in files],
-                      "embedding": pa.array(list(emb), pa.list_(pa.float32()))})
-    try:
-        with atomic_path(out) as tmp:
-            pq.write_table(table, tmp)
-    except OSError as exc:  # what no check beforehand can rule out: a full disk, a race
-        raise DataError(f"{out}: cannot write ({exc.strerror or exc})") from None
+    emb = _load(model, device).scored_embeddings([f for f, _ in files])
+    write_embeddings(out, files, emb)
     print(f"[embed] {len(files)} files -> {out} ({emb.shape[1]}-dim)")
 
 
@@ -62,35 +50,19 @@ def verify(a: Path = typer.Argument(..., help="first recording"),
            model: Path = ModelOption, device: str = DeviceOption):
     """Score of two recordings (cosine, normalised as the model was exported) and a
     same/different decision at the EER threshold."""
-    for path in (a, b):
-        if path.is_dir():
-            raise DataError(f"{path}: is a folder (verify compares two recordings)")
-        if not path.is_file():
-            raise DataError(f"{path}: not found")
-    embedder = _load(model, device)
-    threshold, norm = embedder.config.get("eer_threshold"), embedder.norm
-    if threshold is None:
+    a, b, embedder = recording(a), recording(b), _load(model, device)
+    if embedder.threshold is None:
         raise DataError(f"{model}: model.json has no eer_threshold (export a model that was evaluated)")
-    emb = norm.center(embedder.embed([a, b]))
-    score = float(norm.decision_scores(emb, np.array([0]), np.array([1]))[0])
-    decision = "same" if score >= threshold else "different"
-    print(f"score {score:.4f} threshold {threshold:.4f} -> {decision} speaker")
+    score = embedder.pair_score(a, b)
+    print(f"score {score:.4f} threshold {embedder.threshold:.4f} -> "
+          f"{'same' if score >= embedder.threshold else 'different'} speaker")
 
 
 @app.command()
 @one_line_errors
-def predict(inputs: list[Path] = typer.Argument(..., help="audio files and/or folders"),
-            model: Path = ModelOption, device: str = DeviceOption):
+def predict(inputs: list[Path] = InputsArgument, model: Path = ModelOption,
+            device: str = DeviceOption):
     """The closed-set speaker of each recording and its probability."""
-    files = audio_inputs(inputs)
-    if model.suffix == ".onnx":
-        raise DataError(f"{model}: predict needs the PyTorch model folder (an ONNX graph "
-                        "outputs embeddings only)")
-    embedder = _load(model, device)
-    emb, net, config = embedder.embed([f for f, _ in files]), embedder.model, embedder.config
-    with torch.no_grad():
-        logits = net.head(torch.from_numpy(emb).to(next(net.parameters()).device))
-        prob = torch.softmax(logits.float(), dim=1).cpu().numpy()
-    for (f, _), row in zip(files, prob):
-        k = int(row.argmax())
-        print(f"{f}\t{config['speakers'][k]}\t{row[k]:.4f}")
+    files = [f for f, _ in audio_inputs(inputs)]
+    for f, (speaker, prob) in zip(files, _load(model, device, closed_set=True).closed_set(files)):
+        print(f"{f}\t{speaker}\t{prob:.4f}")

@@ -1,10 +1,9 @@
 """train: fit the configured speaker model; keep the best checkpoint by val accuracy.
 
 Resumable: every `train.checkpoint_every` steps the full training state goes to
-data/checkpoints/ (not a DVC output, so DVC leaves it alone). Killed and run again with
-the same params and data, training continues from there and ends exactly where an
-uninterrupted run would (on CPU). Multi-GPU / multi-node: launch under `torchrun`; each
-rank trains on its own slice of the segment index and rank 0 writes."""
+data/checkpoints/ (no DVC output); run again with the same params and data, training ends
+exactly where an uninterrupted run would (on CPU). Multi-GPU / multi-node: launch under
+`torchrun`; each rank trains on its own slice of the segment index and rank 0 writes."""
 
 from __future__ import annotations
 
@@ -18,10 +17,9 @@ import typer
 from spkid import distributed, train_run
 from spkid.batching import SegmentBatches
 from spkid.index import read_views
-from spkid.losses import margin_schedule
 from spkid.params import load_params
 from spkid.shards import open_features, read_meta
-from spkid.training import train as fit
+from spkid.training import Validation, train as fit
 from stages.common import ParamsOption, exclusive, one_line_errors, summary
 from stages.layout import (CHECKPOINTS, FEATURES, MODEL, SEGMENTS, SPEAKERS, TRAIN_LIVE,
                            TRAIN_METRICS, TRAINING_PLOT, VIEWS)
@@ -38,30 +36,24 @@ def train(params: Path = ParamsOption):
     started = time.perf_counter()
     p = load_params(params)
     rank, world, device = distributed.start(p.train.device)
-    val = read_views(VIEWS, ["val"])["val"]
     store = open_features(FEATURES)
-    config, model = train_run.new_model(p, store.n_mels, json.loads(SPEAKERS.read_text())[
-        "speakers"], read_meta(FEATURES), rank)
+    validation = Validation.sample(store, read_views(VIEWS, ["val"])["val"], p.train,
+                                   p.evaluate.batch_frames)
+    speakers = json.loads(SPEAKERS.read_text())["speakers"]
+    config, model = train_run.new_model(p, store.n_mels, speakers, read_meta(FEATURES), rank)
     batches = SegmentBatches(store, pq.read_table(SEGMENTS), p.train.batch_size, p.train.seed,
                              p.train.steps, rank=rank, world=world)
-    fingerprint = train_run.fingerprint(p, [SEGMENTS, SPEAKERS, VIEWS])
-    resume, why, kept = train_run.begin(FILES, fingerprint, p.train.average_last, rank)
-    if rank == 0 and why:
-        print(f"[train] {why}", flush=True)
-    if resume is not None:
-        print(f"[train] resuming from step {resume['progress']['step']} of {FILES.last}", flush=True)
+    start = train_run.begin(FILES, train_run.fingerprint(p, [SEGMENTS, SPEAKERS, VIEWS]),
+                            p.train.average_last, rank)
+    for note in start.notes:
+        print(f"[train] {note}", flush=True)
     if world > 1:
         print(f"[train] rank {rank} of {world} on {device}: {batches.count} crop windows", flush=True)
-    log = train_run.CurveLog(TRAIN_LIVE, resume is not None) if rank == 0 else None
-    result = fit(model, batches, val, store, p.train, device=device,
-                 batch_frames=p.evaluate.batch_frames, resume=resume,
-                 hooks=train_run.hooks(FILES, fingerprint, log, kept),
-                 margin_at=margin_schedule(p.loss), augment=train_run.augmenter(p),
-                 rank=rank, world=world)
+    result = fit(model, batches, validation, p, device=device, resume=start.resume,
+                 hooks=start.hooks, rank=rank, world=world)
     distributed.finish(world)
     if rank != 0:
         return
-    log.end()
-    average = train_run.finish(FILES, p, config, model, result, kept, val, store, device)
+    average = train_run.finish(FILES, p, config, model, result, start, validation, device)
     summary("train", train_run.summary_text(result, device, world, average),
             time.perf_counter() - started)

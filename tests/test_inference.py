@@ -168,3 +168,16 @@ def test_missing_audio_says_not_found(tmp_path):
             read(tmp_path / "gone.wav")
         with pytest.raises(DataError, match=rf"^{re.escape(str(tmp_path))}: is a folder, not an audio file$"):
             read(tmp_path)
+
+
+def test_a_missing_model_is_stale_input_the_stage_layer_names(tmp_path, monkeypatch):
+    """The library says the model is not found; which command makes it is the stage
+    layer's advice (data/model: train, data/export/model: export)."""
+    from spkid.checkpoint import load_model_dir
+    from spkid.errors import StaleInputError
+    from stages.common import remedy
+    monkeypatch.chdir(tmp_path)
+    for folder, stage in (("data/model", "train"), ("data/export/model", "export")):
+        with pytest.raises(StaleInputError, match=rf"^{folder}/model.json: not found$") as exc:
+            load_model_dir(folder)
+        assert remedy(exc.value.output) == f"run `spkid {stage}` or `dvc repro`"

@@ -41,6 +41,16 @@ def test_contract_defaults():
     ({"features": {"f_max": 9000.0}}, r"features\.f_max"),
     ({"loss": {"margin_warmup": [500, 100]}}, r"loss\.margin_warmup.*low must not exceed high"),
     ({"model": "big"}, r"model must be a mapping"),
+    # Edges the synthetic corpus cannot make: refused here, by name, not later in download.
+    ({"data": {"synthetic": {"min_seconds": 0.1, "max_seconds": 0.2}}},
+     r"data\.synthetic\.min_seconds = 0\.1: must be >= 0\.25"),
+    ({"data": {"synthetic": {"max_seconds": 601}}}, r"data\.synthetic\.max_seconds = 601\.0: must be <= 600"),
+    ({"features": {"sample_rate": 4000}},
+     r"features\.sample_rate = 4000: must lie in \[8000, 48000\] when data\.source is synthetic"),
+    # Mel bands narrower than an FFT bin are constant features (all of them here: a model
+    # that learns from nothing), refused rather than trained on.
+    ({"features": {"f_min": 7990.0}}, r"features\.n_mels = 40: a mel band .* holds no FFT bin"),
+    ({"features": {"n_mels": 128}}, r"features\.n_mels = 128: a mel band"),
 ])
 def test_bad_params_fail_with_one_line_naming_the_key(raw, pattern):
     with pytest.raises(ParamsError) as err:
@@ -48,6 +58,11 @@ def test_bad_params_fail_with_one_line_naming_the_key(raw, pattern):
     message = str(err.value)
     assert "\n" not in message
     assert re.search(pattern, message), message
+
+
+def test_low_sample_rates_are_for_real_audio():
+    assert validate_params({"data": {"source": "audio_dir", "path": "a"},
+                            "features": {"sample_rate": 4000, "n_fft": 200, "hop_length": 40}})
 
 
 def test_numeric_strings_and_ints_accepted_for_floats():

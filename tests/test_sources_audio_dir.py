@@ -12,7 +12,8 @@ import soundfile as sf
 
 from spkid.errors import DataError
 from spkid.manifest import read_manifest, write_manifest
-from spkid.sources.audio_dir import read_trials_list, scan_audio_dir, scan_unseen_folder
+from spkid.sources.audio_dir import scan_audio_dir, scan_unseen_folder
+from spkid.sources.trials import read_trials_list
 
 RNG = np.random.default_rng(0)
 

@@ -10,7 +10,8 @@ import pytest
 
 from spkid.audio import audio_info, read_audio
 from spkid.errors import DataError
-from spkid.sources.audio_dir import check_audio, read_trials_list, scan_audio_dir
+from spkid.sources.audio_dir import check_audio, scan_audio_dir
+from spkid.sources.trials import read_trials_list
 from spkid.sources.kaldi import is_kaldi_dir, scan_kaldi
 from test_sources_stage import SR, make_audio_dir, voice, write_audio
 

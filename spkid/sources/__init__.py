@@ -8,4 +8,5 @@ repository layout; the `download` stage decides where things live.
     fetch      download / check / unpack an archive and tell which of the two it holds
     unseen     the recordings of speakers outside training (data.verify_dir, evaluate.trials)
                as a manifest, and the trials scored on them
+    trials     verification trial lists (VoxCeleb and Kaldi formats)
 """

@@ -27,15 +27,16 @@ class RawFiles:
     downloads: Path  # download cache, outside every DVC output
 
 
-def unseen_summary(verify: tuple[list, dict]) -> str:
+def unseen_summary(unseen: tuple[list, dict]) -> str:
     """How the unseen-speaker recordings read in a summary line ("" when there are none)."""
-    vrows, vmeta = verify
-    if vmeta["kind"] is None:
+    unseen_rows, unseen_meta = unseen
+    if unseen_meta["kind"] is None:
         return ""
-    unit = "utterances" if vmeta.get("keys") == "utterance_id" else "recordings"  # Kaldi's
-    what = (f"{vmeta['pairs']} listed trials over {len(vrows)} {unit}"
-            if vmeta["kind"] == "trials" else
-            f"{len(vrows)} {unit}, {len(vmeta['speakers'])} speakers")
+    unit = ("utterances" if unseen_meta.get("keys") == "utterance_id"  # Kaldi's
+            else "recordings")
+    what = (f"{unseen_meta['pairs']} listed trials over {len(unseen_rows)} {unit}"
+            if unseen_meta["kind"] == "trials" else
+            f"{len(unseen_rows)} {unit}, {len(unseen_meta['speakers'])} speakers")
     return f"; verify: {what}"
 
 
@@ -47,13 +48,13 @@ def _stamp(p) -> dict:
     return {"data": data, "sample_rate": p.features.sample_rate, "code": code}
 
 
-def synthetic_corpus(p, files: RawFiles, verify: tuple[list, dict]) -> str:
+def synthetic_corpus(p, files: RawFiles, unseen: tuple[list, dict]) -> str:
     """Generate the synthetic corpus into files.raw (nothing to do when its stamp matches)."""
     stamp = _stamp(p)
     if files.stamp.exists() and files.manifest.exists() and json.loads(files.stamp.read_text()) == stamp:
         # atomic_dir(files.raw) cleans up after a killed regeneration, but it does not run here.
         remove_stale_temporaries(files.raw)
-        write_unseen(files.unseen, verify, only_if_changed=True)
+        write_unseen(files.unseen, unseen, only_if_changed=True)
         return "synthetic corpus is current"
     s = p.data.synthetic
     with atomic_dir(files.raw) as tmp:
@@ -68,7 +69,7 @@ def synthetic_corpus(p, files: RawFiles, verify: tuple[list, dict]) -> str:
         write_manifest(tmp / files.manifest.name, rows, {"format": "audio", "source": "synthetic",
                                                    "generator": digest})
         write_json(tmp / files.stamp.name, stamp)
-        write_unseen(tmp / files.unseen.name, verify)
+        write_unseen(tmp / files.unseen.name, unseen)
     seconds = sum(r.duration for r in rows)
     return f"synthetic corpus: {len(rows)} utterances, {s.speakers} speakers, {seconds / 60:.1f} min of audio"
 
@@ -104,7 +105,7 @@ def _fetch(p, files: RawFiles) -> tuple[str, Path, str]:
     return layout, folder.absolute(), origin
 
 
-def _scan(p, layout: str, folder: Path, verify_meta: dict, submit_base: Path | None):
+def _scan(p, layout: str, folder: Path, unseen_meta: dict, submit_base: Path | None):
     """(rows, meta, description) of a hw4 folder or an audio folder."""
     if layout == "hw4":
         from spkid.sources.hw4 import scan_hw4
@@ -128,7 +129,7 @@ def _scan(p, layout: str, folder: Path, verify_meta: dict, submit_base: Path | N
         rows += submit_rows(submit) if submit is not None else []
     else:
         # A verification folder inside data.path holds unseen speakers, not training ones.
-        exclude = [verify_meta["verify_dir"]] if verify_meta.get("verify_dir") else []
+        exclude = [unseen_meta["verify_dir"]] if unseen_meta.get("verify_dir") else []
         rows, meta = scan_audio_dir(folder, min_seconds=p.data.min_seconds, short=p.data.short,
                                     submit_dir=submit, exclude=exclude)
     labelled = [r for r in rows if r.role is None]
@@ -144,7 +145,7 @@ def _scan(p, layout: str, folder: Path, verify_meta: dict, submit_base: Path | N
     return rows, meta, text
 
 
-def external_source(p, files: RawFiles, verify: tuple[list, dict]) -> str:
+def external_source(p, files: RawFiles, unseen: tuple[list, dict]) -> str:
     """Scan a local folder or a fetched archive (hw4, audio_dir, kaldi) into files.raw."""
     submit_base = None
     if p.data.source == "url":
@@ -154,31 +155,31 @@ def external_source(p, files: RawFiles, verify: tuple[list, dict]) -> str:
         submit_base = folder
     else:
         layout, folder, origin = p.data.source, local_path(p.data.path), None
-    rows, meta, text = _scan(p, layout, folder, verify[1], submit_base)
-    _warn_overlap(rows, verify)
+    rows, meta, text = _scan(p, layout, folder, unseen[1], submit_base)
+    _warn_overlap(rows, unseen)
     meta = {**meta, "source": p.data.source, "folder": str(folder)}
     if origin is not None:
         meta["url"] = origin
     changed = replace_if_changed(files.raw, lambda tmp: (
         write_manifest(tmp / files.manifest.name, rows, meta),
-        write_unseen(tmp / files.unseen.name, verify)))
+        write_unseen(tmp / files.unseen.name, unseen)))
     where = f"{origin} -> {folder}" if origin else str(folder)
     return f"{layout} {where}: {text}{'' if changed else '; unchanged'}"
 
 
-def _warn_overlap(rows, verify) -> None:
-    vrows, _ = verify
+def _warn_overlap(rows, unseen) -> None:
+    unseen_rows, _ = unseen
     train = {r.speaker for r in rows if r.speaker}
-    shared = sorted(train & {r.speaker for r in vrows if r.speaker})
+    shared = sorted(train & {r.speaker for r in unseen_rows if r.speaker})
     if shared:
         print(f"spkid: warning: {len(shared)} verification speaker(s) also appear in the "
               f"training data (e.g. {shared[0]!r}): data.verify_dir should hold unseen speakers",
               file=sys.stderr)
 
 
-def write_unseen(path: Path, verify: tuple[list, dict], only_if_changed: bool = False) -> None:
+def write_unseen(path: Path, unseen: tuple[list, dict], only_if_changed: bool = False) -> None:
     """The verification manifest; written even when empty (evaluate depends on it)."""
-    rows, meta = verify
+    rows, meta = unseen
     if only_if_changed:
         replace_if_changed(path, lambda tmp: write_manifest(tmp, rows, meta), is_dir=False)
     else:

@@ -26,9 +26,9 @@ import numpy as np
 
 from spkid.errors import DataError, StaleInputError
 from spkid.manifest import ManifestRow
-from spkid.sources.audio_dir import (check_audio, read_trials_list, scan_unseen_folder,
-                                     trial_lines)
+from spkid.sources.audio_dir import check_audio, scan_unseen_folder
 from spkid.sources.kaldi import is_kaldi_dir, scan_kaldi
+from spkid.sources.trials import read_trials_list, trial_lines
 
 FORMAT = "verify"
 
