@@ -78,11 +78,23 @@ def export_onnx(net: nn.Module, path: str | Path, n_mels: int, mean: np.ndarray 
                 graph, example, input_names=list(INPUTS), output_names=[OUTPUT],
                 dynamic_shapes=({0: batch, 1: frames}, {0: batch}), opset_version=OPSET,
                 dynamo=True, verbose=False)
+        _strip_node_metadata(program.model.graph)
         with atomic_path(path) as tmp:
             program.save(str(tmp))
     finally:
         for log, level in zip(quiet, levels):
             log.setLevel(level)
+
+
+def _strip_node_metadata(graph) -> None:
+    """Drop the exporter's per-node notes (Python stack traces with absolute source paths,
+    FX node dumps), so the file's bytes do not depend on where spkid is installed."""
+    for node in graph:
+        node.metadata_props.clear()
+        for attr in node.attributes.values():
+            for sub in (attr.value if isinstance(attr.value, list) else [attr.value]):
+                if hasattr(sub, "all_nodes"):  # an If/Loop body
+                    _strip_node_metadata(sub)
 
 
 class OnnxEmbedder:

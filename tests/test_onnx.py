@@ -112,3 +112,20 @@ def test_same_eer_and_the_cli_accepts_the_onnx_file(tmp_path):
     assert ("same" if s_pt >= 0.1 else "different") + " speaker" in out.stdout
     out = spkid("predict", str(paths[0]))
     assert out.exit_code == 2 and "predict needs the PyTorch model folder" in out.stderr
+
+
+def test_exported_bytes_do_not_depend_on_where_spkid_lives(tmp_path):
+    import onnx
+
+    import spkid
+    torch.manual_seed(0)
+    net = make_net(encoder="transformer", pooling="asp", **ENCODER_SETTINGS["transformer"]).eval()
+    a, b = tmp_path / "a" / ONNX_FILE, tmp_path / "b" / ONNX_FILE
+    for path in (a, b):
+        path.parent.mkdir()
+        export_onnx(net, path, N_MELS)
+    assert a.read_bytes() == b.read_bytes()
+    source_dir = str(next(iter(spkid.__path__))).encode()
+    assert source_dir not in a.read_bytes() and b"stack_trace" not in a.read_bytes()
+    model = onnx.load(str(a))
+    assert all(len(node.metadata_props) == 0 for node in model.graph.node)
