@@ -82,14 +82,21 @@ def run(cmd, cwd, env) -> str:
     return out.stdout
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def protocol_arguments(doc: str, out: Path) -> argparse.ArgumentParser:
+    """The command line every training-comparison benchmark shares: data folder, budget,
+    seeds, which configurations, where the JSON goes."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("data", type=Path)
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--only", nargs="*", help="run only these configuration names")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "recipes.json")
+    ap.add_argument("--out", type=Path, default=out)
+    return ap
+
+
+def main() -> None:
+    ap = protocol_arguments(__doc__, ROOT / "bench" / "recipes.json")
     ap.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                     help="change the shared protocol, e.g. index.trial_seconds=1.0")
     args = ap.parse_args()

@@ -14,7 +14,6 @@ role's EER and minDCF (mean ± std over seeds) of the configuration's score (raw
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -31,7 +30,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-from recipes import run  # noqa: E402
+from recipes import protocol_arguments, run  # noqa: E402
 from spkid.params import defaults  # noqa: E402
 from spkid.recipes import apply  # noqa: E402
 
@@ -86,16 +85,10 @@ def split_speakers(data: Path, work: Path, n_train: int, seed: int, piece_second
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("data", type=Path)
-    ap.add_argument("--steps", type=int, default=600)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--seeds", type=int, default=3)
+    ap = protocol_arguments(__doc__, ROOT / "bench" / "unseen.json")
     ap.add_argument("--train-speakers", type=int, default=100)
     ap.add_argument("--split-seed", type=int, default=0)
     ap.add_argument("--piece-seconds", type=float, default=3.0)
-    ap.add_argument("--only", nargs="*", help="run only these configuration names")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "unseen.json")
     args = ap.parse_args()
     configs = {k: v for k, v in CONFIGS.items() if not args.only or k in args.only}
     # One training run per seed for the configurations that differ only in evaluate.*.

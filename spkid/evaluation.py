@@ -84,16 +84,14 @@ def score_unseen(scoring, rows, meta: dict, e, norm, *, progress: bool = False
     """Verification metrics and DET curve of the unseen-speaker recordings `rows` (their
     manifest and meta from spkid.sources.unseen): decoded, turned into log-mels with the
     model's own feature params and embedded whole."""
-    from spkid.inference import embed_audio_files, extractor_for_model
     from spkid.sources.unseen import unseen_trials
     i, j, labels = unseen_trials(rows, meta, seed=e.seed, nontarget_ratio=e.nontarget_ratio,
                                  max_trials=e.max_trials)
     used = np.unique(np.concatenate([i, j]))
     emb = np.zeros((len(rows), scoring.model.embedding_dim), np.float32)
-    emb[used] = embed_audio_files(scoring.model, extractor_for_model(scoring.config["features"]),
-                                  [rows[k].path for k in used], e.batch_frames, scoring.device,
-                                  spans=[(rows[k].start, rows[k].end) for k in used],
-                                  progress=progress)
+    emb[used] = scoring.embed_recordings([rows[k].path for k in used], e.batch_frames,
+                                         spans=[(rows[k].start, rows[k].end) for k in used],
+                                         progress=progress)
     result, curve = score_trials(emb, i, j, labels, norm)
     result["recordings"] = int(len(used))
     speakers = {rows[k].speaker for k in used if rows[k].speaker is not None}

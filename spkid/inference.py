@@ -16,8 +16,25 @@ from spkid.device import autocast, pick_device
 from spkid.shards import FeatureStore
 
 
+class ModelWithConfig:
+    """What Scoring and AudioEmbedder share: a model (`model`, `device`) and its model.json
+    (`config`), whose feature params turn raw audio into the log-mels it was trained on."""
+
+    @property
+    def precomputed(self) -> bool:
+        """Trained on a data set's own features, which spkid's log-mels only approximate."""
+        return bool(self.config["features"].get("precomputed"))
+
+    def embed_recordings(self, paths, batch_frames: int, *, spans=None,
+                         progress: bool = False) -> np.ndarray:
+        """Raw embeddings of whole recordings (or their `spans`), in order."""
+        return embed_audio_files(self.model, extractor_for_model(self.config["features"]),
+                                 paths, batch_frames, self.device, spans=spans,
+                                 progress=progress)
+
+
 @dataclass
-class Scoring:
+class Scoring(ModelWithConfig):
     """What scoring stored features with a trained model needs: the model, its config
     (model.json), the device it runs on and the feature store."""
     model: torch.nn.Module
@@ -32,11 +49,6 @@ class Scoring:
         where = pick_device(device)
         model, config = load_model_dir(model_dir, where)
         return cls(model, config, where, open_features(features_dir))
-
-    @property
-    def precomputed(self) -> bool:
-        """Trained on a data set's own features, which spkid's log-mels only approximate."""
-        return bool(self.config["features"].get("precomputed"))
 
     def embed(self, views, batch_frames: int, *, labels=None) -> "ViewOutputs":
         return embed_views(self.model, self.store, views, batch_frames, self.device, labels=labels)
@@ -156,7 +168,7 @@ def embed_audio_files(model, extractor, paths, batch_frames: int, device, *,
 # --- exported models on audio files (spkid embed / verify / predict) ---------------------
 
 @dataclass
-class AudioEmbedder:
+class AudioEmbedder(ModelWithConfig):
     """An exported model (PyTorch folder or model.onnx) with what scoring audio needs:
     its config, the score normalisation export shipped and the feature extractor."""
     model: object
@@ -177,11 +189,6 @@ class AudioEmbedder:
         return cls(*load_embedder(path, pick_device(device)))
 
     @property
-    def precomputed(self) -> bool:
-        """Trained on a data set's own features, which spkid's log-mels only approximate."""
-        return bool(self.config["features"].get("precomputed"))
-
-    @property
     def threshold(self) -> float | None:
         """The same/different threshold export shipped (the val EER's); None without one."""
         return self.config.get("eer_threshold")
@@ -193,8 +200,7 @@ class AudioEmbedder:
 
     def embed(self, paths) -> np.ndarray:
         """Raw embeddings of whole recordings, in order."""
-        return embed_audio_files(self.model, extractor_for_model(self.config["features"]),
-                                 paths, self.batch_frames, self.device)
+        return self.embed_recordings(paths, self.batch_frames)
 
     def scored_embeddings(self, paths) -> np.ndarray:
         """The embeddings as scoring sees them: minus the training mean when export shipped one."""
