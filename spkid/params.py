@@ -144,6 +144,14 @@ SCHEMA: dict[str, Any] = {
                            "generalise better to unseen speakers, and metrics/train.json "
                            "gives the val accuracy of both", min=0),
         "compile": _f("bool", False, "torch.compile the model (CUDA only; ignored on CPU)"),
+        "finetune": {
+            "steps": _f("int", 0, "large-margin fine-tuning steps after train.steps (0 = off); "
+                        "data/model then comes from this phase's validations", min=0),
+            "crop_frames": _f("int", 200, "fine-tuning crop length (frames; shorter views give "
+                              "their whole length)", min=1),
+            "margin": _f("float", 0.5, "fine-tuning margin (replaces loss.m)", min=0, max=1),
+            "lr": _f("float", 1e-4, "fine-tuning learning rate, constant", above=0),
+        },
         "augment": {
             "specaugment": _f("bool", False, "random time and frequency masks"),
             "time_masks": _f("int", 2, "time masks per segment", min=0),

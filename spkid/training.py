@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from spkid.device import autocast
 from spkid.inference import embed_views
+from spkid.losses import margin_schedule
 from spkid.shards import FeatureStore
 
 
@@ -92,7 +93,7 @@ class RunState:
         self.model, self.device = model.to(device).train(), device
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, warmup_cosine(t.warmup_steps, t.steps))
+            self.optimizer, phase_schedule(t))
         use_scaler = device.type == "cuda" and not torch.cuda.is_bf16_supported()
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
         self.progress = TrainResult()
@@ -138,26 +139,28 @@ class RunState:
 def train(model, batches, validation: Validation, p, *, device: torch.device,
           hooks: RunHooks = RunHooks(), resume: dict | None = None, rank: int = 0,
           world: int = 1, progress: bool = True) -> TrainResult:
-    """Run optimizer steps up to `p.train.steps` with the loss margin and augmentation the
-    params ask for; `batches[k]` is batch k. With `world` > 1 the model is wrapped in
+    """Run optimizer steps up to `p.train.steps` (plus `p.train.finetune.steps` of
+    large-margin fine-tuning) with the loss margin and augmentation the params ask for; `batches[k]` is batch k. With `world` > 1 the model is wrapped in
     DistributedDataParallel; rank 0 alone validates and hands out through `hooks`."""
     from tqdm import tqdm
 
     from spkid.augment import augmentation
-    from spkid.losses import margin_schedule
-    t, margin_at, augment = p.train, margin_schedule(p.loss), augmentation(p)
+    t, margin_at, augment = p.train, phase_margin(p), augmentation(p)
+    total = t.steps + t.finetune.steps
+    # With fine-tuning, data/model comes from its validations: that phase replaces the model.
+    boundary = t.steps if t.finetune.steps else 0
     run = RunState(model, t, device)
     if resume is not None:
         run.restore(resume)
     forward = _parallel(model, device, world, t.compile)
     loader = torch.utils.data.DataLoader(
-        torch.utils.data.Subset(batches, range(run.progress.step, t.steps)), batch_size=None,
+        torch.utils.data.Subset(batches, range(run.progress.step, total)), batch_size=None,
         shuffle=False, num_workers=t.num_workers, pin_memory=device.type == "cuda",
         # Its own generator: creating the iterator must not draw from the global RNG that
         # dropout and augmentation use, or a resumed run would drift from an uninterrupted one.
         generator=torch.Generator().manual_seed(t.seed))
 
-    bar = tqdm(total=t.steps, initial=run.progress.step, desc="train", unit="step",
+    bar = tqdm(total=total, initial=run.progress.step, desc="train", unit="step",
                disable=not progress or rank != 0)
     for step, (x, mask, y) in enumerate(loader, start=run.progress.step + 1):
         x, mask, y = (v.to(device, non_blocking=True) for v in (x, mask, y))
@@ -171,13 +174,13 @@ def train(model, batches, validation: Validation, p, *, device: torch.device,
             correct = (model.head(emb.float()).argmax(1) == y).float().mean()
         run.progress.add_step(step, loss.detach(), correct)
         bar.update(1)
-        if rank == 0 and (step % t.valid_every == 0 or step == t.steps):
+        if rank == 0 and (step % t.valid_every == 0 or step in (t.steps, total)):
             started = time.perf_counter()
-            metrics = _validate(run, validation, hooks, margin=margin_at(step))
+            metrics = _validate(run, validation, hooks, margin=margin_at(step), boundary=boundary)
             run.progress.validation_seconds += time.perf_counter() - started
             bar.set_postfix(loss=f"{metrics['train/loss']:.3f}",
                             val=f"{metrics.get('val/accuracy', float('nan')):.3f}")
-        if rank == 0 and (step % t.checkpoint_every == 0 or step == t.steps):
+        if rank == 0 and (step % t.checkpoint_every == 0 or step == total):
             hooks.save_checkpoint(run.snapshot())
     bar.close()
     if validation.labels is None:
@@ -239,7 +242,23 @@ class Validation:
         return float((scored.predicted == self.labels).mean())
 
 
-def _validate(run: RunState, validation: Validation, hooks: RunHooks, margin=None) -> dict:
+def phase_schedule(t) -> Callable[[int], float]:
+    """LR factor per completed step: warmup and cosine over train.steps, then fine-tuning's
+    constant rate (as a factor of train.lr)."""
+    main, finetune = warmup_cosine(t.warmup_steps, t.steps), t.finetune.lr / t.lr
+    return lambda step: main(step) if step < t.steps or not t.finetune.steps else finetune
+
+
+def phase_margin(p) -> Callable[[int], float]:
+    """The margin at 1-based step `step`: loss.m's schedule, then train.finetune.margin."""
+    main, t = margin_schedule(p.loss), p.train
+    return lambda step: main(step) if step <= t.steps else t.finetune.margin
+
+
+def _validate(run: RunState, validation: Validation, hooks: RunHooks, margin=None,
+              boundary: int = 0) -> dict:
+    """Log the metrics since the last validation; save the best weights among the
+    validations after step `boundary`."""
     state = run.progress
     metrics = {**state.close_window(), "lr": run.optimizer.param_groups[0]["lr"]}
     if margin is not None:  # a scheduled margin (loss.margin_warmup); else it is loss.m
@@ -250,7 +269,7 @@ def _validate(run: RunState, validation: Validation, hooks: RunHooks, margin=Non
     # Without a val split the last model is the best we can tell.
     score = metrics.get("val/accuracy", state.step)
     weights = run.weights()
-    if score > state.best_val_accuracy:
+    if state.step > boundary and (score > state.best_val_accuracy or state.best_step <= boundary):
         state.best_val_accuracy, state.best_step = score, state.step
         hooks.save_best(weights)
     if hooks.save_validated is not None:

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import typer
 
 from spkid import distributed, train_run
-from spkid.batching import SegmentBatches
+from spkid.batching import training_batches
 from spkid.index import read_views
 from spkid.params import load_params
 from spkid.shards import open_features, read_meta
@@ -41,8 +41,7 @@ def train(params: Path = ParamsOption):
                                    p.evaluate.batch_frames)
     speakers = json.loads(SPEAKERS.read_text())["speakers"]
     config, model = train_run.new_model(p, store.n_mels, speakers, read_meta(FEATURES), rank)
-    batches = SegmentBatches(store, pq.read_table(SEGMENTS), p.train.batch_size, p.train.seed,
-                             p.train.steps, rank=rank, world=world)
+    batches = training_batches(store, pq.read_table(SEGMENTS), p.train, rank, world)
     start = train_run.begin(FILES, train_run.fingerprint(p, [SEGMENTS, SPEAKERS, VIEWS]),
                             p.train.average_last, rank)
     for note in start.notes:

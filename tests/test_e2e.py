@@ -169,13 +169,18 @@ def test_repro_then_experiment(repo):
     assert json.loads((path / "metrics" / "train.json").read_text()) == train_metrics
 
     # One experiment for several things at once (each costs a whole training): a larger
-    # margin, score normalisation, and a non-default encoder, pooling and loss by name.
+    # margin, score normalisation, a non-default encoder, pooling and loss by name, and a
+    # large-margin fine-tuning phase.
     run(["dvc", "exp", "run", "-S", "loss.m=0.35", "-S", "evaluate.subtract_mean=true",
          "-S", "evaluate.asnorm_top_n=3", "-S", "model.encoder=conformer", "-S", "model.d_model=32",
          "-S", "model.layers=1", "-S", "model.heads=2", "-S", "model.ffn_dim=64",
          "-S", "model.pooling=sap", "-S", "loss.name=am_softmax",
-         "-S", "loss.margin_warmup=[5,30]"], path, env)
+         "-S", "loss.margin_warmup=[5,30]", "-S", "train.finetune.steps=10",
+         "-S", "train.finetune.crop_frames=48"], path, env)
     exp = read_metrics(path)
+    trained = json.loads((path / "metrics" / "train.json").read_text())
+    assert trained["steps"] == TINY["train"]["steps"] + 10
+    assert trained["best_step"] > TINY["train"]["steps"], "data/model comes from fine-tuning"
     assert exp != base, "another model must change the metrics"
     config = json.loads((path / "data/export/model/model.json").read_text())
     assert (config["model"]["encoder"], config["model"]["pooling"], config["loss"]["name"]) == \

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from spkid.batching import SegmentBatches, view_batches
+from spkid.batching import SegmentBatches, training_batches, view_batches
 from spkid.checkpoint import build_model, load_model_dir, save_model_dir
 from spkid.errors import DataError
 from spkid.params import validate_params
@@ -164,3 +164,85 @@ def test_model_dir_errors_name_files(tmp_path):
     (tmp_path / "model.json").write_text("{not json")
     with pytest.raises(DataError, match="model.json.*invalid JSON"):
         load_model_dir(tmp_path)
+
+
+FINETUNE = {"train": {"steps": 12, "batch_size": 8, "valid_every": 5, "warmup_steps": 3,
+                      "lr": 3e-3, "checkpoint_every": 4,
+                      "finetune": {"steps": 8, "crop_frames": 60, "margin": 0.4, "lr": 5e-4}},
+            "model": PARAMS.model.to_dict(), "loss": {"name": "am_softmax", "s": 10.0, "m": 0.1}}
+
+
+def test_finetune_crops_are_longer_and_stay_inside_their_views():
+    store, labels = toy_store()
+    segments = segments_for(store, labels)
+    main = SegmentBatches(store, segments, 64, 0, 5)
+    long = SegmentBatches(store, segments, 64, 0, 5, crop_frames=60, phase=1)
+    x, mask, _ = main[0]
+    assert x.shape[1] == 32 and bool(mask.all())
+    x, mask, y = long[0]
+    lengths = mask.sum(1).numpy()
+    assert x.shape[1] == 60 and set(lengths) <= {60} | set(int(n) for n in store.length if n < 60)
+    assert (lengths == 60).any()
+    # Every crop is frames of its own utterance: rows match the store at some offset.
+    for row in range(8):
+        n = int(lengths[row])
+        mats = [store.matrix(k) for k in range(len(store.ids)) if labels[k] == int(y[row])]
+        assert any(any(np.array_equal(m[s:s + n], x[row, :n].numpy()) for s in range(len(m) - n + 1))
+                   for m in mats)
+
+
+def _finetune_run(p, resume=None, stop_after=None):
+    store, labels = toy_store()
+    torch.manual_seed(0)
+    config = {"model": p.model.to_dict(), "loss": p.loss.to_dict(), "n_mels": N_MELS,
+              "speakers": ["a", "b", "c"], "features": {}}
+    model = build_model(config)
+    batches = training_batches(store, segments_for(store, labels), p.train)
+    seen, snaps, best = [], {}, {}
+
+    class Stop(Exception):
+        pass
+
+    def checkpoint(snapshot):
+        snaps[snapshot["progress"]["step"]] = snapshot
+        if snapshot["progress"]["step"] == stop_after:
+            raise Stop
+
+    def log(metrics, step):
+        seen.append((step, metrics["lr"], metrics["margin"]))
+    validation = Validation.sample(store, views_for(store, labels), p.train, 400)
+    try:
+        result = train(model, batches, validation, p, device=torch.device("cpu"), resume=resume,
+                       hooks=RunHooks(save_best=lambda w: best.update(w=w),
+                                      save_checkpoint=checkpoint, log=log), progress=False)
+    except Stop:
+        return None, snaps, seen, best
+    return result, model.state_dict(), seen, best
+
+
+def test_finetune_phase_switches_lr_margin_and_crops_and_resumes_exactly():
+    p = validate_params(FINETUNE)
+    store, labels = toy_store()
+    batches = training_batches(store, segments_for(store, labels), p.train)
+    assert len(batches) == 20 and batches[11][0].shape[1] == 32 and batches[12][0].shape[1] == 60
+    result, weights, seen, best = _finetune_run(p)
+    assert result.step == 20
+    by_step = {step: (lr, margin) for step, lr, margin in seen}
+    assert sorted(by_step) == [5, 10, 12, 15, 20]
+    assert by_step[10][1] == pytest.approx(0.1) and by_step[15][1] == pytest.approx(0.4)
+    assert by_step[15][0] == pytest.approx(5e-4) and by_step[20][0] == pytest.approx(5e-4)
+    # data/model comes from the fine-tuning phase's validations, whatever came before.
+    assert result.best_step in (15, 20)
+    # Interrupted inside the fine-tuning phase, the resumed run ends where this one did.
+    _, snaps, _, _ = _finetune_run(p, stop_after=16)
+    resumed, weights2, _, _ = _finetune_run(p, resume=snaps[16])
+    assert resumed.step == 20 and resumed.best_step == result.best_step
+    for k in weights:
+        assert torch.equal(weights[k], weights2[k]), k
+
+
+def test_finetune_off_keeps_the_schedule():
+    p = validate_params({"train": {"steps": 10, "warmup_steps": 2}})
+    plain = warmup_cosine(2, 10)
+    from spkid.training import phase_schedule
+    assert [phase_schedule(p.train)(s) for s in range(12)] == [plain(s) for s in range(12)]
