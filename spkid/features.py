@@ -126,11 +126,25 @@ class BlockJob:
     min_seconds: float
     short: str
     threads: int = 1  # batches computed at once inside the block (each op single-threaded)
+    levels: object = None  # spkid.wave_augment.Levels when the rows are augmented copies
+
+
+def load_wave(job: BlockJob, row, sample_rate: int) -> np.ndarray:
+    """A manifest row's audio, or an augmented copy (spkid.wave_augment) rendered from it."""
+    from spkid.manifest import resolve
+    from spkid.wave_augment import AugmentedCopy, render
+
+    def read(r):
+        return read_audio(resolve(job.manifest_path, r), sample_rate, r.start, r.end)
+    if isinstance(row, AugmentedCopy):
+        return render(row, read, job.levels, sample_rate)
+    return read(row)
 
 
 def write_block(job: BlockJob, block: int, rows) -> dict:
     """Features of one block's rows (decode + resample + log-mel, or load precomputed
-    HW4 tensors) written as that block's shards. Returns the block's counts."""
+    HW4 tensors; manifest rows or augmented copies) written as that block's shards.
+    Returns the block's counts."""
     from spkid.manifest import resolve
     from spkid.shards import ShardWriter
 
@@ -152,8 +166,7 @@ def write_block(job: BlockJob, block: int, rows) -> dict:
             """(index, log-mels) of a batch's usable rows, and how many were padded, skipped."""
             waves, kept, padded = [], [], 0
             for k in ks:
-                wave = read_audio(resolve(job.manifest_path, rows[k]), extractor.sample_rate,
-                                  rows[k].start, rows[k].end)
+                wave = load_wave(job, rows[k], extractor.sample_rate)
                 if len(wave) < min_samples:
                     if job.short == "skip":
                         continue
@@ -191,8 +204,10 @@ def _one_thread() -> None:
 
 
 def manifest_to_shards(rows, job: BlockJob, *, shard_size: int, workers: int = 1,
-                       rank: int = 0, world: int = 1, progress: bool = True) -> dict:
-    """Write the shards of every block this rank owns (blocks rank, rank + world, ...),
+                       rank: int = 0, world: int = 1, progress: bool = True,
+                       first_block: int = 0, desc: str = "features") -> dict:
+    """Write the shards of every block this rank owns (blocks rank, rank + world, ...;
+    numbered from `first_block`, so augmented copies follow the clean blocks),
     spread over `workers`: one process per block while there are blocks enough, the rest as
     threads inside each process (so one big block still uses every core). Every torch op
     runs single-threaded, so the bytes written do not depend on how the work was spread.
@@ -204,12 +219,13 @@ def manifest_to_shards(rows, job: BlockJob, *, shard_size: int, workers: int = 1
         from spkid.errors import DataError
         raise DataError(f"{job.manifest_path}: the data set has {job.meta.get('n_mels')} mels "
                         f"but features.n_mels is {job.extractor['n_mels']}")
-    owned = [(k, r) for k, r in enumerate(shard_blocks(len(rows), shard_size)) if k % world == rank]
+    owned = [(k, r) for k, r in enumerate(shard_blocks(len(rows), shard_size), first_block)
+             if k % world == rank]
     processes = max(1, min(workers, len(owned)))
     job = replace(job, threads=max(1, workers // processes))
     mine = [(job, k, [rows[i] for i in r]) for k, r in owned]
     totals = {"utterances": 0, "padded": 0, "skipped_short": 0, "frames": 0, "shards": 0}
-    bar = tqdm(total=sum(len(m[2]) for m in mine), desc="features", unit="utt",
+    bar = tqdm(total=sum(len(m[2]) for m in mine), desc=desc, unit="utt",
                disable=not progress)
     try:
         if processes == 1:

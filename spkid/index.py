@@ -1,7 +1,7 @@
 """Splits and the training segment index.
 
 A *view* is a stretch of frames of one stored utterance with a role (train / val / test /
-submit). With `split_by: utterance` every view is a whole utterance; with `split_by: time`
+submit, and augment for the augmented copies `features` made of train views). With `split_by: utterance` every view is a whole utterance; with `split_by: time`
 each recording is cut (first part trains, then val, then test) and the held-out parts are
 cut into pieces of `trial_seconds`, so one long recording per speaker still yields several
 same-speaker val and test trials. Segments (the training crops) never cross a view's end.
@@ -18,6 +18,7 @@ Files (Parquet)
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -36,6 +37,30 @@ SEGMENT_SCHEMA = pa.schema([
     ("start_frame", pa.int64()), ("num_frames", pa.int64()), ("view_frames", pa.int64()),
     ("hop", pa.int64()), ("windows", pa.int64()),
 ])
+
+
+AUGMENT = "augment"
+# Roles the classifier trains on: the split's train views and their augmented copies
+# (evaluate's cohort and mean use the clean "train" views only).
+TRAINING = ("train", AUGMENT)
+SEPARATOR = "~"  # an augmented copy is <view id>~<tag>, and a tag never holds one
+
+
+def view_of(copy_id: str) -> str:
+    """The view id an augmented copy was made from."""
+    return copy_id.rsplit(SEPARATOR, 1)[0]
+
+
+def speed_speaker(speaker: str, factor: float) -> str:
+    """The class of a speaker's speed copies at `factor` (a voice of its own)."""
+    return f"{speaker}{SEPARATOR}sp{factor:g}"
+
+
+def real_speakers(speakers: list[str]) -> np.ndarray:
+    """Which classes are speakers rather than speed copies of one: closed-set predictions
+    name a real speaker (a speed copy's class is only a training target)."""
+    return np.array([re.search(rf"{re.escape(SEPARATOR)}sp[0-9.]+$", s) is None for s in speakers],
+                    dtype=bool)
 
 
 @dataclass(frozen=True)
@@ -85,12 +110,18 @@ def _pieces(start: int, length: int, piece: int) -> list[tuple[int, int]]:
 
 
 def split_views(catalog: list[dict], cfg: SplitConfig) -> list[dict]:
-    """Views for every catalog row (dicts with utterance_id, speaker, role, num_frames)."""
+    """Views for every catalog row (dicts with utterance_id, speaker, role, num_frames).
+    Augmented copies (spkid.wave_augment) train, whole, as long as the view they were made
+    from trains: a copy of any other view means the features were augmented for another
+    split, which is an error rather than a leak of held-out audio into training."""
     views: list[dict] = []
     by_speaker: dict[str, list[dict]] = defaultdict(list)
+    copies = []
     for row in catalog:
         if row["role"] == "submit":
             views.append(_view(row, "submit", 0, row["num_frames"], row["utterance_id"]))
+        elif row["role"] == AUGMENT:
+            copies.append(row)
         elif row["role"] is None:
             if not row["speaker"]:
                 raise DataError(f"utterance {row['utterance_id']} is labelled but has no speaker")
@@ -103,6 +134,14 @@ def split_views(catalog: list[dict], cfg: SplitConfig) -> list[dict]:
             views += _split_utterances(speaker, rows, cfg)
         else:
             views += _split_time(rows, cfg)
+    train = {v["utterance_id"] for v in views if v["role"] == "train"}
+    for row in copies:
+        if view_of(row["utterance_id"]) not in train:
+            raise DataError(f"augmented copy {row['utterance_id']!r} was made from "
+                            f"{view_of(row['utterance_id'])!r}, which this split does not train "
+                            "on: the features were augmented for other index params (re-run "
+                            "`spkid features`)")
+        views.append(_view(row, AUGMENT, 0, row["num_frames"], row["utterance_id"]))
     return views
 
 
@@ -136,8 +175,9 @@ def _view(row: dict, role: str, start: int, length: int, view_id: str) -> dict:
 
 
 def speaker_table(views: list[dict]) -> list[str]:
-    """Speakers the classifier knows: those with training data, sorted by name."""
-    train = {v["speaker"] for v in views if v["role"] == "train"}
+    """Speakers the classifier knows: those with training data (speed copies are speakers
+    of their own), sorted by name."""
+    train = {v["speaker"] for v in views if v["role"] in TRAINING}
     held_out = {v["speaker"] for v in views if v["role"] in ("val", "test")}
     if not train:
         raise DataError("no training utterances after the split (check index.* fractions)")
@@ -160,7 +200,7 @@ def segment_index(views: list[dict], speakers: list[str], segment_len: int) -> l
     hop = max(1, segment_len // 2)
     out = []
     for v in views:
-        if v["role"] != "train" or v["num_frames"] <= 0:
+        if v["role"] not in TRAINING or v["num_frames"] <= 0:
             continue
         length = min(segment_len, v["num_frames"])
         out.append({"utterance_id": v["utterance_id"], "source_id": v["source_id"],

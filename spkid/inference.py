@@ -13,6 +13,7 @@ import torch
 
 from spkid.batching import view_batches
 from spkid.device import autocast, pick_device
+from spkid.index import real_speakers
 from spkid.shards import FeatureStore
 
 
@@ -51,7 +52,8 @@ class Scoring(ModelWithConfig):
         return cls(model, config, where, open_features(features_dir))
 
     def embed(self, views, batch_frames: int, *, labels=None) -> "ViewOutputs":
-        return embed_views(self.model, self.store, views, batch_frames, self.device, labels=labels)
+        return embed_views(self.model, self.store, views, batch_frames, self.device, labels=labels,
+                           classes=real_speakers(self.config["speakers"]))
 
 
 @dataclass
@@ -64,9 +66,12 @@ class ViewOutputs:
 
 @torch.no_grad()
 def embed_views(model, store: FeatureStore, views, batch_frames: int, device: torch.device,
-                *, labels=None, max_frames: int = 0) -> ViewOutputs:
+                *, labels=None, max_frames: int = 0, classes: np.ndarray | None = None
+                ) -> ViewOutputs:
     """Embeddings and closed-set predictions of whole views (or their middle `max_frames`
-    frames), batched by length with padding masks, in the order of `views`."""
+    frames), batched by length with padding masks, in the order of `views`. Predictions
+    and ranks are among the `classes` marked True (spkid.index.real_speakers; None = all)."""
+    drop = None if classes is None or classes.all() else torch.from_numpy(~classes).to(device)
     was_training = model.training
     model.eval()
     pos = store.positions(views["source_id"])
@@ -84,6 +89,8 @@ def embed_views(model, store: FeatureStore, views, batch_frames: int, device: to
         with autocast(device):
             e, z = model(torch.from_numpy(x).to(device), torch.from_numpy(mask).to(device))
         z = z.float()
+        if drop is not None:
+            z = z.masked_fill(drop, float("-inf"))
         out.embeddings[batch] = e.float().cpu().numpy()
         out.predicted[batch] = z.argmax(1).cpu().numpy()
         if labels is not None:
@@ -216,7 +223,8 @@ class AudioEmbedder(ModelWithConfig):
         """(training speaker, its softmax probability) most likely for each recording."""
         emb = self.embed(paths)
         logits = self.model.head(torch.from_numpy(emb).to(next(self.model.parameters()).device))
-        prob = torch.softmax(logits.float(), dim=1).cpu().numpy()
+        classes = torch.from_numpy(~real_speakers(self.config["speakers"])).to(logits.device)
+        prob = torch.softmax(logits.float().masked_fill(classes, float("-inf")), dim=1).cpu().numpy()
         return [(self.config["speakers"][int(row.argmax())], float(row.max())) for row in prob]
 
 

@@ -21,6 +21,7 @@ from spkid.errors import ParamsError
 @dataclass(frozen=True)
 class Field:
     kind: str  # "int" | "float" | "str" | "bool" | "int_pair" | "float_pair" | "str_or_list"
+    #            | "str_list" | "float_list" (choices, min and max apply to each item)
     default: Any
     help: str
     choices: tuple | None = None
@@ -80,6 +81,22 @@ SCHEMA: dict[str, Any] = {
         "workers": _f("int", 0, "parallel feature workers on this machine: processes over "
                       "blocks, threads within one (0 = one per CPU core)",
                       min=0),
+        "augment": {
+            "copies": _f("int", 0, "reverb/noise copies of each training utterance (and of each "
+                         "speed copy), stored beside it (0 = none)", min=0),
+            "kinds": _f("str_list", ["reverb", "noise"], "what copy k gets: kinds[k % len]",
+                        choices=("reverb", "noise")),
+            "speed": _f("float_list", [], "speed factors; each adds a copy of every training "
+                        "utterance as a new speaker (WeSpeaker: [0.9, 1.1]; [] = none)",
+                        min=0.5, max=2.0),
+            "rt60": _f("float_pair", [0.2, 0.8], "[low, high] reverberation time (s) of the "
+                       "generated rooms", above=0, max=3.0),
+            "noise_dir": _f("str", None, "folder of noise recordings for noise copies (null = "
+                            "babble of other training speakers)", nullable=True),
+            "snr_db": _f("float_pair", [0.0, 15.0], "[low, high] SNR of noise_dir noise"),
+            "babble_snr_db": _f("float_pair", [13.0, 20.0], "[low, high] SNR of babble"),
+            "seed": _f("int", 0, "seed of the copies' rooms, noises and SNRs", min=0),
+        },
     },
     "index": {
         "segment_len": _f("int", 64, "training segment length (frames)", min=8),
@@ -230,6 +247,29 @@ def _check(path: str, field: Field, value: Any) -> Any:
             raise fail("must be a list of two numbers [low, high]")
         if value[0] > value[1]:
             raise fail("low must not exceed high")
+        if (field.above is not None and value[0] <= field.above) \
+                or (field.max is not None and value[1] > field.max):
+            raise fail(f"each must be > {field.above:g} and <= {field.max:g}")
+    elif kind == "str_list":
+        if not (isinstance(value, list) and value and all(isinstance(v, str) for v in value)):
+            raise fail("must be a non-empty list of strings")
+        if field.choices is not None and any(v not in field.choices for v in value):
+            raise fail(f"unknown value {next(v for v in value if v not in field.choices)!r}")
+        if len(set(value)) != len(value):
+            raise fail("lists a value twice")
+        return value
+    elif kind == "float_list":
+        if not (isinstance(value, list) and all(isinstance(v, (int, float))
+                                                and not isinstance(v, bool) for v in value)):
+            raise fail("must be a list of numbers")
+        value = [float(v) for v in value]
+        for v in value:
+            if not math.isfinite(v) or (field.min is not None and v < field.min) \
+                    or (field.max is not None and v > field.max):
+                raise fail(f"each must lie in [{field.min:g}, {field.max:g}]")
+        if len(set(value)) != len(value) or 1.0 in value:
+            raise fail("lists a factor twice, or 1.0 (the clean utterance is always kept)")
+        return value
     if field.choices is not None and value not in field.choices:
         raise fail("unknown value")
     if isinstance(value, (int, float)) and not isinstance(value, bool):

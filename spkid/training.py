@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from spkid.device import autocast
+from spkid.index import real_speakers
 from spkid.inference import embed_views
 from spkid.losses import margin_schedule
 from spkid.shards import FeatureStore
@@ -225,20 +226,23 @@ class Validation:
     labels: np.ndarray | None  # None when there is no val split
     batch_frames: int
     max_frames: int
+    classes: np.ndarray | None = None  # which classes a prediction may name (real speakers)
 
     @classmethod
-    def sample(cls, store: FeatureStore, val_views: dict, t, batch_frames: int) -> "Validation":
-        """From the val views and the train params `t`."""
+    def sample(cls, store: FeatureStore, val_views: dict, t, batch_frames: int,
+               speakers: list[str] | None = None) -> "Validation":
+        """From the val views and the train params `t` (speakers: the class names)."""
         views = subset_views(val_views, t.valid_utterances, t.seed)
         labels = np.asarray(views["speaker_id"], np.int64) if len(views["speaker_id"]) else None
-        return cls(store, views, labels, batch_frames, t.valid_max_frames)
+        return cls(store, views, labels, batch_frames, t.valid_max_frames,
+                   None if speakers is None else real_speakers(speakers))
 
     def accuracy(self, model, device: torch.device) -> float | None:
         """Closed-set accuracy of `model`; None without a val split."""
         if self.labels is None:
             return None
         scored = embed_views(model, self.store, self.views, self.batch_frames, device,
-                             max_frames=self.max_frames)
+                             max_frames=self.max_frames, classes=self.classes)
         return float((scored.predicted == self.labels).mean())
 
 

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import typer
 
-from spkid import distributed
+from spkid import distributed, wave_augment
 from spkid.atomic import atomic_dir, write_json
+from spkid.errors import DataError
 from spkid.features import BlockJob, LogMelExtractor, manifest_to_shards
 from spkid.manifest import read_manifest
 from spkid.params import load_params
@@ -37,6 +38,12 @@ def features(params: Path = ParamsOption):
     precomputed = meta.get("format") == "hw4"
     shard_meta = {"features": extractor.config(), "precomputed": precomputed,
                   "dtype": p.features.dtype, "source": meta}
+    augment = wave_augment.enabled(p.features.augment)
+    if augment:
+        if precomputed:
+            raise DataError("features.augment: the hw4 data are precomputed log-mels, so there "
+                            "is no audio to augment (set copies: 0 and speed: [])")
+        shard_meta["augment"] = p.features.augment.to_dict()
     workers = p.features.workers or os.cpu_count() or 1
     with (atomic_dir(FEATURES) if rank == 0 else contextlib.nullcontext()) as tmp:
         folder = distributed.broadcast(str(tmp), world)
@@ -45,13 +52,20 @@ def features(params: Path = ParamsOption):
         mine = manifest_to_shards(rows, job, shard_size=p.features.shard_size, workers=workers,
                                   rank=rank, world=world, progress=rank == 0)
         stats = {k: sum(s[k] for s in distributed.gather(mine, world)) for k in mine}
+        if augment:  # every rank's clean shards are written: split them as `index` will
+            mine = wave_augment.write_copies(rows, job, p, workers=workers, rank=rank,
+                                             world=world, progress=rank == 0)
+            extra = {k: sum(s[k] for s in distributed.gather(mine, world)) for k in mine}
+            stats.update(augmented=extra["utterances"], augmented_frames=extra["frames"],
+                         shards=stats["shards"] + extra["shards"])
         if rank == 0:
             write_json(Path(folder) / "summary.json", {
                 **stats, "hours": stats["frames"] * extractor.hop_length / extractor.sample_rate / 3600,
                 **shard_meta})
         distributed.finish(world)  # every rank's shards are written before the rename
     if rank == 0:
-        summary("features", f"{stats['utterances']} utterances, {stats['frames']} frames in "
-                f"{stats['shards']} shards ({p.features.dtype}; short: {stats['skipped_short']} "
+        summary("features", f"{stats['utterances']} utterances, {stats['frames']} frames"
+                + (f" + {stats['augmented']} augmented copies" if augment else "")
+                + f" in {stats['shards']} shards ({p.features.dtype}; short: {stats['skipped_short']} "
                 f"skipped, {stats['padded']} padded; {min(workers, stats['shards']) or 1} "
                 f"workers x {world} ranks)", time.perf_counter() - started)

@@ -40,5 +40,6 @@ def index(params: Path = ParamsOption):
                                          "speaker2id": {s: i for i, s in enumerate(speakers)}})
     roles = Counter(v["role"] for v in views)
     summary("index", f"{len(speakers)} speakers; " + ", ".join(
-        f"{r} {roles.get(r, 0)}" for r in ("train", "val", "test", "submit"))
+        f"{r} {roles.get(r, 0)}" for r in ("train", "augment", "val", "test", "submit")
+        if r != "augment" or roles.get(r))
         + f"; {sum(s['windows'] for s in segments)} crop windows", time.perf_counter() - started)

@@ -37,9 +37,9 @@ def train(params: Path = ParamsOption):
     p = load_params(params)
     rank, world, device = distributed.start(p.train.device)
     store = open_features(FEATURES)
-    validation = Validation.sample(store, read_views(VIEWS, ["val"])["val"], p.train,
-                                   p.evaluate.batch_frames)
     speakers = json.loads(SPEAKERS.read_text())["speakers"]
+    validation = Validation.sample(store, read_views(VIEWS, ["val"])["val"], p.train,
+                                   p.evaluate.batch_frames, speakers)
     config, model = train_run.new_model(p, store.n_mels, speakers, read_meta(FEATURES), rank)
     batches = training_batches(store, pq.read_table(SEGMENTS), p.train, rank, world)
     start = train_run.begin(FILES, train_run.fingerprint(p, [SEGMENTS, SPEAKERS, VIEWS]),

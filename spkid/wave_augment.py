@@ -1,0 +1,269 @@
+"""Waveform augmentation done by `features`: augmented copies of the training utterances,
+stored in the shards beside the clean features so they are versioned like any other data.
+
+Only training utterances get copies. Which ones train is the `index` step's split, a pure
+function of the clean catalog and the split params, so `features` computes the same split
+(`spkid.index.split_views`) and copies each train view: the whole utterance, or with
+`split_by: time` only the training part of the recording. A copy is stored with role
+"augment" under the id `<view id>~<tag>`; `index` keeps it only while its view still trains.
+
+Kinds (WeSpeaker's recipe, with everything generated here instead of downloaded):
+    speed   a copy at each factor of `speed` (0.9, 1.1: pitch and tempo change together),
+            labelled as a new speaker `<speaker>~sp<factor>`, since the voice changes;
+    reverb  convolution with a room impulse response drawn from statistical room
+            acoustics: a direct path, then exponentially decaying noise whose RT60 is drawn
+            from `rt60` and whose level follows the room's critical distance (a seeded room
+            of 3-10 m by 3-10 m by 2.5-4 m, the talker 0.5 m to half the room away);
+    noise   a recording from `noise_dir` at an SNR from `snr_db`, or, without a folder,
+            babble: 3 to 7 other training speakers at an SNR from `babble_snr_db`.
+Copy k of an utterance (and of each speed copy) is of kind kinds[k % len(kinds)]. Every
+random choice comes from a generator seeded by `seed` and the copy's id, so a copy is the
+same whichever worker, machine or order makes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from spkid.errors import DataError
+from spkid.index import AUGMENT, SEPARATOR, SplitConfig, speed_speaker, split_views
+
+SPEED_OF_SOUND = 343.0
+BABBLE_SPEAKERS = (3, 7)
+
+
+@dataclass(frozen=True)
+class Span:
+    """Samples [first, last) of a manifest row's decoded audio (last None = to its end)."""
+    row: object  # spkid.manifest.ManifestRow
+    first: int = 0
+    last: int | None = None
+
+
+@dataclass(frozen=True)
+class AugmentedCopy:
+    """One stored copy: what `features` decodes and transforms in place of a manifest row."""
+    utterance_id: str
+    speaker: str
+    source: Span
+    duration: float  # seconds, to batch similar lengths as manifest rows are
+    seed: tuple
+    speed: float = 1.0
+    kind: str | None = None
+    noise_path: str | None = None
+    babble: tuple = ()  # Spans of other speakers' training audio
+    role: str = AUGMENT
+
+
+@dataclass(frozen=True)
+class Levels:
+    """The ranges a copy's room and noise are drawn from (picklable, for feature workers)."""
+    rt60: tuple[float, float]
+    snr_db: tuple[float, float]
+    babble_snr_db: tuple[float, float]
+
+    @classmethod
+    def from_params(cls, a) -> "Levels":
+        return cls(tuple(a.rt60), tuple(a.snr_db), tuple(a.babble_snr_db))
+
+
+def enabled(a) -> bool:
+    """Whether params `features.augment` ask for any copies."""
+    return bool(a.copies or a.speed)
+
+
+def _seed(seed: int, name: str) -> tuple:
+    # A copy's randomness depends on its id only, not on the order copies are planned in.
+    return (seed, int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little"))
+
+
+def plan_copies(views: list[dict], rows: dict, a, *, hop_length: int, sample_rate: int,
+                noise_files: list[str]) -> list[AugmentedCopy]:
+    """The copies params `a` (features.augment) ask for, for the train views of a split
+    (spkid.index.split_views); rows: the manifest rows by utterance id. A view named as its
+    utterance is the whole utterance; any other is the sample span of its frames."""
+    # Sorted, so that babble picks do not depend on the order views come in.
+    train = sorted((v for v in views if v["role"] == "train" and v["num_frames"] > 0),
+                   key=lambda v: v["utterance_id"])
+    by_speaker: dict[str, list[Span]] = {}
+    spans = {}
+    for v in train:
+        row = rows[v["source_id"]]
+        if v["utterance_id"] == v["source_id"]:
+            span = Span(row)
+        else:
+            span = Span(row, v["start_frame"] * hop_length,
+                        (v["start_frame"] + v["num_frames"]) * hop_length)
+        spans[v["utterance_id"]] = span
+        by_speaker.setdefault(v["speaker"], []).append(span)
+    speakers = sorted(by_speaker)
+    if a.copies and "noise" in a.kinds and not noise_files and len(speakers) < 2:
+        raise DataError("features.augment: babble needs training audio of at least two "
+                        "speakers (or give features.augment.noise_dir)")
+    out = []
+    for v in train:
+        span, seconds = spans[v["utterance_id"]], v["num_frames"] * hop_length / sample_rate
+        versions = [(v["utterance_id"], v["speaker"], 1.0)] + [
+            (f"{v['utterance_id']}{SEPARATOR}sp{f:g}", speed_speaker(v["speaker"], f), f)
+            for f in a.speed]
+        for name, speaker, factor in versions:
+            if factor != 1.0:
+                out.append(AugmentedCopy(name, speaker, span, seconds / factor,
+                                         _seed(a.seed, name), speed=factor))
+            for k in range(a.copies):
+                kind = a.kinds[k % len(a.kinds)]
+                cid = f"{name}+{kind}{k + 1}" if factor != 1.0 else \
+                    f"{name}{SEPARATOR}{kind}{k + 1}"
+                seed = _seed(a.seed, cid)
+                noise_path, babble = None, ()
+                if kind == "noise":
+                    pick = np.random.default_rng(seed)
+                    if noise_files:
+                        noise_path = noise_files[pick.integers(len(noise_files))]
+                    else:
+                        others = [s for s in speakers if s != v["speaker"]]
+                        n = int(pick.integers(BABBLE_SPEAKERS[0], BABBLE_SPEAKERS[1] + 1))
+                        chosen = pick.choice(len(others), size=min(n, len(others)), replace=False)
+                        babble = tuple(by_speaker[others[i]][pick.integers(len(by_speaker[others[i]]))]
+                                       for i in sorted(chosen))
+                out.append(AugmentedCopy(cid, speaker, span, seconds / factor, seed, factor,
+                                         kind, noise_path, babble))
+    return out
+
+
+def render(copy: AugmentedCopy, read, a: Levels, sample_rate: int) -> np.ndarray:
+    """The copy's waveform. read(row) decodes a manifest row at `sample_rate`."""
+    rng = np.random.default_rng([*copy.seed, 1])
+    wave = _cut(read, copy.source)
+    if copy.speed != 1.0:
+        wave = change_speed(wave, copy.speed, sample_rate)
+    if copy.kind == "reverb":
+        wave = reverberate(wave, room_impulse_response(rng, sample_rate, a.rt60))
+    elif copy.kind == "noise":
+        if copy.noise_path is not None:
+            noise, snr = _crop(rng, _noise(copy.noise_path, sample_rate), len(wave)), a.snr_db
+        else:
+            noise = sum(_loud(_crop(rng, _cut(read, s), len(wave))) for s in copy.babble)
+            snr = a.babble_snr_db
+        wave = add_noise(wave, noise, rng.uniform(*snr))
+    return wave
+
+
+def _cut(read, span: Span) -> np.ndarray:
+    return np.asarray(read(span.row), dtype=np.float64)[span.first:span.last]
+
+
+def change_speed(wave: np.ndarray, factor: float, sample_rate: int) -> np.ndarray:
+    """The wave played `factor` times faster (len / factor samples; pitch moves with it)."""
+    from torchaudio.functional import resample
+    # Read at sample_rate * factor, written at sample_rate (torchaudio's `speed` does the
+    # same but truncates sample_rate * factor, which turns 0.95 * 16000 into 15199).
+    return resample(torch.from_numpy(wave), int(round(sample_rate * factor)),
+                    sample_rate).numpy()
+
+
+def room_impulse_response(rng: np.random.Generator, sample_rate: int,
+                          rt60_range: tuple[float, float]) -> np.ndarray:
+    """A seeded room's impulse response: the direct path at sample 0, then from the first
+    reflection on, Gaussian noise decaying by 60 dB over RT60, scaled so that the
+    reverberant-to-direct energy ratio is (r / r_c)^2 with the critical distance
+    r_c = 0.057 sqrt(V / RT60) (statistical room acoustics)."""
+    rt60 = rng.uniform(*rt60_range)
+    size = np.array([rng.uniform(3, 10), rng.uniform(3, 10), rng.uniform(2.5, 4)])
+    distance = rng.uniform(0.5, size[:2].min() / 2)
+    critical = 0.057 * np.sqrt(size.prod() / rt60)
+    # First reflection after the direct sound: the floor or ceiling bounce, about a room
+    # height's extra path at most.
+    delay = max(1, int(round(rng.uniform(0.3, 1.0) * size[2] / SPEED_OF_SOUND * sample_rate)))
+    n = delay + int(rt60 * sample_rate)
+    tail = rng.standard_normal(n - delay) * np.exp(-3 * np.log(10) * np.arange(n - delay)
+                                                   / (rt60 * sample_rate))
+    rir = np.zeros(n)
+    rir[0] = 1.0
+    rir[delay:] = tail * np.sqrt((distance / critical) ** 2 / np.sum(tail ** 2))
+    return rir
+
+
+def reverberate(wave: np.ndarray, rir: np.ndarray) -> np.ndarray:
+    """The wave heard in the room (same length, aligned to the direct path, same power)."""
+    from torchaudio.functional import fftconvolve
+    wet = fftconvolve(torch.from_numpy(wave), torch.from_numpy(rir))[:len(wave)].numpy()
+    return wet * np.sqrt(_power(wave) / max(_power(wet), 1e-20))
+
+
+def add_noise(wave: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
+    """wave + noise scaled to `snr_db` below the wave's power (a silent wave stays as is)."""
+    from torchaudio.functional import add_noise as mix
+    if _power(wave) == 0 or _power(noise) == 0:
+        return wave
+    return mix(torch.from_numpy(wave)[None], torch.from_numpy(noise)[None],
+               torch.tensor([float(snr_db)], dtype=torch.float64))[0].numpy()
+
+
+def _power(x: np.ndarray) -> float:
+    return float(np.mean(np.square(x))) if len(x) else 0.0
+
+
+def _loud(x: np.ndarray) -> np.ndarray:
+    # Babble voices at equal power, so none of them dominates by recording level alone.
+    p = _power(x)
+    return x / np.sqrt(p) if p > 0 else x
+
+
+def _crop(rng: np.random.Generator, x: np.ndarray, n: int) -> np.ndarray:
+    """n samples from a random start, looping a recording shorter than that."""
+    if len(x) == 0:
+        return np.zeros(n)
+    start = int(rng.integers(len(x)))
+    return np.resize(np.roll(x, -start), n)
+
+
+@lru_cache(maxsize=64)
+def _noise(path: str, sample_rate: int) -> np.ndarray:
+    from spkid.audio import read_audio
+    return np.asarray(read_audio(path, sample_rate), dtype=np.float64)
+
+
+def find_noise(folder: str | None) -> list[str]:
+    """Absolute paths of the noise recordings in `folder` (features.augment.noise_dir)."""
+    if not folder:
+        return []
+    from spkid.sources.audio_dir import find_audio
+    path = Path(folder)
+    if not path.is_dir():
+        raise DataError(f"features.augment.noise_dir: folder not found: {folder}")
+    files = [str((path / f).resolve()) for f in find_audio(path)]
+    if not files:
+        raise DataError(f"features.augment.noise_dir: no audio files in {folder}")
+    return files
+
+
+def plan_for_split(catalog: list[dict], manifest_rows, p) -> list[AugmentedCopy]:
+    """The copies params `p` ask for, given the clean catalog the `index` step will split
+    (the same split, from the same params)."""
+    f = p.features
+    views = split_views(catalog, SplitConfig.from_params(p.index, f.sample_rate / f.hop_length))
+    return plan_copies(views, {r.utterance_id: r for r in manifest_rows}, f.augment,
+                       hop_length=f.hop_length, sample_rate=f.sample_rate,
+                       noise_files=find_noise(f.augment.noise_dir))
+
+
+def write_copies(manifest_rows, job, p, **spread) -> dict:
+    """Plan the copies for the clean shards in `job.folder` and write them as the blocks
+    after the clean ones (spkid.features.manifest_to_shards; `spread`: workers, rank,
+    world, progress). Returns this rank's counts."""
+    from dataclasses import replace
+
+    from spkid.features import manifest_to_shards, shard_blocks
+    from spkid.shards import read_catalog
+    copies = plan_for_split(read_catalog(job.folder).to_pylist(), manifest_rows, p)
+    size = p.features.shard_size
+    return manifest_to_shards(copies, replace(job, levels=Levels.from_params(p.features.augment)),
+                              shard_size=size, first_block=len(shard_blocks(len(manifest_rows), size)),
+                              desc="augment", **spread)
