@@ -36,6 +36,13 @@ from spkid.recipes import apply  # noqa: E402
 
 ASNORM_TOP_N = 30  # of 100 training speakers (WeSpeaker: 300 of 5994)
 AVERAGE_LAST = 5  # of the 10 validations each run makes (train.valid_every = steps / 10)
+# WeSpeaker's recipe: speed copies at 0.9 and 1.1 as new speakers, and (on the fly there,
+# stored here) reverberation or noise: two copies of each, one of each kind.
+SPEED = {"features.augment.speed": [0.9, 1.1]}
+COPIES = {"features.augment.copies": 2}
+# Same step budget: the last FINETUNE_SHARE of the steps are the fine-tuning phase
+# (`finetune: True` below is expanded by `_budget`).
+FINETUNE_SHARE = 0.2
 # name -> (param overrides, score read from metrics/eval.json's verify role)
 CONFIGS = {
     "default": ({}, "raw"),
@@ -44,10 +51,13 @@ CONFIGS = {
     "+ mean subtraction + AS-norm": ({"evaluate.subtract_mean": True,
                                       "evaluate.asnorm_top_n": ASNORM_TOP_N}, "asnorm"),
     "+ averaging": ({"train.average_last": AVERAGE_LAST}, "raw"),
-    # Issue 9 items 1 (waveform augmentation) and 3 (large-margin fine-tuning) add their
-    # rows here when their params exist, and join "all together".
-    "all together": ({"evaluate.subtract_mean": True, "evaluate.asnorm_top_n": ASNORM_TOP_N,
-                      "train.average_last": AVERAGE_LAST}, "asnorm"),
+    "+ speed copies": (SPEED, "raw"),
+    "+ reverb/noise copies": (COPIES, "raw"),
+    "+ augmentation (speed + reverb/noise)": ({**SPEED, **COPIES}, "raw"),
+    "+ fine-tuning": ({"finetune": True}, "raw"),
+    "all together": ({**SPEED, **COPIES, "finetune": True, "evaluate.subtract_mean": True,
+                      "evaluate.asnorm_top_n": ASNORM_TOP_N, "train.average_last": AVERAGE_LAST},
+                     "asnorm"),
 }
 PROTOCOL = {"data.source": "audio_dir", "index.split_by": "time", "index.val_fraction": 0.1,
             "index.test_fraction": 0.1, "index.trial_seconds": 1.0, "data.min_seconds": 0.5,
@@ -113,7 +123,7 @@ def main() -> None:
                   "train.warmup_steps": max(1, args.steps // 10)}
 
         def write_params(overrides: dict, seed: int) -> None:
-            merged = apply(defaults(), {**common, **overrides, "train.seed": seed})
+            merged = apply(defaults(), {**common, **_budget(overrides, args.steps), "train.seed": seed})
             (work / "params.yaml").write_text(yaml.safe_dump(merged, sort_keys=False))
 
         prepared = None
@@ -145,6 +155,16 @@ def main() -> None:
                     args.out.write_text(json.dumps({"split": split, "protocol": PROTOCOL,
                                                     "results": results}, indent=1))
     print_table(results)
+
+
+def _budget(overrides: dict, steps: int) -> dict:
+    """Param overrides, with `finetune: True` made into the last FINETUNE_SHARE of `steps`
+    as the fine-tuning phase (train.finetune's other params keep their defaults)."""
+    out = {k: v for k, v in overrides.items() if k != "finetune"}
+    if overrides.get("finetune"):
+        tune = max(1, int(round(steps * FINETUNE_SHARE)))
+        out.update({"train.steps": steps - tune, "train.finetune.steps": tune})
+    return out
 
 
 def _training(overrides: dict) -> dict:
