@@ -40,7 +40,14 @@ RECIPES: dict[str, dict[str, object]] = {
 
 
 def as_flags(name: str) -> list[str]:
-    return [f"-S {key}={value}" for key, value in RECIPES[name].items()]
+    return [f"-S {key}={_flag_value(value)}" for key, value in RECIPES[name].items()]
+
+
+def _flag_value(value) -> str:
+    # Lists as [a,b]: one shell word, so `dvc exp run $(spkid recipe NAME)` keeps each flag whole.
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_flag_value(v) for v in value) + "]"
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def parse_override(text: str) -> tuple[str, object]:

@@ -103,6 +103,7 @@ def plan_copies(views: list[dict], rows: dict, a, *, hop_length: int, sample_rat
         spans[v["utterance_id"]] = span
         by_speaker.setdefault(v["speaker"], []).append(span)
     speakers = sorted(by_speaker)
+    position = {s: i for i, s in enumerate(speakers)}
     if a.copies and "noise" in a.kinds and not noise_files and len(speakers) < 2:
         raise DataError("features.augment: babble needs training audio of at least two "
                         "speakers (or give features.augment.noise_dir)")
@@ -127,14 +128,19 @@ def plan_copies(views: list[dict], rows: dict, a, *, hop_length: int, sample_rat
                     if noise_files:
                         noise_path = noise_files[pick.integers(len(noise_files))]
                     else:
-                        others = [s for s in speakers if s != v["speaker"]]
-                        n = int(pick.integers(BABBLE_SPEAKERS[0], BABBLE_SPEAKERS[1] + 1))
-                        chosen = pick.choice(len(others), size=min(n, len(others)), replace=False)
-                        babble = tuple(by_speaker[others[i]][pick.integers(len(by_speaker[others[i]]))]
-                                       for i in sorted(chosen))
+                        babble = _babble(pick, speakers, by_speaker, position[v["speaker"]])
                 out.append(AugmentedCopy(cid, speaker, span, seconds / factor, seed, factor,
                                          kind, noise_path, babble))
     return out
+
+
+def _babble(pick: np.random.Generator, speakers: list[str], by_speaker: dict,
+            own: int) -> tuple[Span, ...]:
+    """A training span of each of 3 to 7 speakers other than speakers[own]."""
+    n = int(pick.integers(BABBLE_SPEAKERS[0], BABBLE_SPEAKERS[1] + 1))
+    chosen = pick.choice(len(speakers) - 1, size=min(n, len(speakers) - 1), replace=False)
+    voices = [speakers[i + (i >= own)] for i in sorted(chosen)]  # skipping the own speaker
+    return tuple(by_speaker[s][pick.integers(len(by_speaker[s]))] for s in voices)
 
 
 def render(copy: AugmentedCopy, read, a: Levels, sample_rate: int) -> np.ndarray:

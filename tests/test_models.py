@@ -398,9 +398,12 @@ def test_parse_override_reads_values_as_yaml():
     assert parse_override("index.trial_seconds=1.0") == ("index.trial_seconds", 1.0)
     assert parse_override("train.augment.noise_dir=null") == ("train.augment.noise_dir", None)
     assert parse_override("data.path=a=b") == ("data.path", "a=b")  # first '=' splits
-    # Round trip of what `spkid recipe` prints.
-    flags = dict(parse_override(f.removeprefix("-S ")) for f in as_flags("hw4_best"))
-    assert flags == RECIPES["hw4_best"]
+    # Round trip of what `spkid recipe` prints, each flag one shell word after -S.
+    for name in RECIPES:
+        printed = [f.removeprefix("-S ") for f in as_flags(name)]
+        assert not any(any(c.isspace() for c in f) for f in printed), printed
+        assert dict(parse_override(f) for f in printed) == RECIPES[name]
+    assert parse_override("features.augment.speed=[0.9,1.1]")[1] == [0.9, 1.1]
     for bad in ("index.segment_len", "=3"):
         with pytest.raises(ValueError, match="expected key=value"):
             parse_override(bad)
