@@ -230,3 +230,45 @@ def test_closed_set_predictions_name_real_speakers_not_speed_copies():
     assert kept.predicted.tolist() == [[1, 2, 3][k] for k in real.argmax(1).tolist()]
     assert kept.true_rank.tolist() == (real > logits[:, 1:2]).sum(1).tolist()
     np.testing.assert_array_equal(kept.embeddings, free.embeddings)
+
+
+def test_precomputed_hw4_features_cannot_be_augmented(tmp_path):
+    from test_sources_hw4 import make_hw4
+    data = make_hw4(tmp_path / "hw4")
+    params = {"data": {"source": "hw4", "path": str(data)},
+              "features": {"augment": {"speed": [1.1]}}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    spkid(tmp_path, "download")
+    out = spkid(tmp_path, "features", check=False)
+    assert out.returncode != 0
+    assert "features.augment" in out.stderr + out.stdout and "precomputed" in out.stderr + out.stdout
+    assert not (tmp_path / "data/features").exists()
+
+
+def test_noise_copies_take_noise_dir_recordings_when_given(tmp_path):
+    import soundfile as sf
+
+    from spkid.wave_augment import find_noise
+    with pytest.raises(DataError, match="features.augment.noise_dir: folder not found"):
+        find_noise(str(tmp_path / "none"))
+    (tmp_path / "noise").mkdir()
+    with pytest.raises(DataError, match="no audio files"):
+        find_noise(str(tmp_path / "noise"))
+    hum = 0.1 * sine(50.0, 0.3)
+    sf.write(tmp_path / "noise" / "hum.wav", hum, SR)
+    files = find_noise(str(tmp_path / "noise"))
+    assert files == [str((tmp_path / "noise" / "hum.wav").resolve())]
+    cat = catalog(speakers=1, per_speaker=5, submit=0)  # one speaker: no babble possible
+    views = split_views(cat, SplitConfig(0.2, 0.2, 0))
+    copies = plan_copies(views, manifest(cat), augment_params(copies=1, kinds=["noise"]),
+                         hop_length=160, sample_rate=SR, noise_files=files)
+    assert copies and all(c.noise_path == files[0] and c.babble == () for c in copies)
+    speech = sine(1000.0)
+    levels = Levels.from_params(augment_params(snr_db=[10.0, 10.0]))
+    out = render(copies[0], lambda row: speech, levels, SR)
+    added = out - speech
+    assert np.isclose(10 * np.log10(np.mean(speech ** 2) / np.mean(added ** 2)), 10.0)
+    assert peak_hz(added) == pytest.approx(50.0, abs=2.0)  # the hum, looped to length
+    with pytest.raises(DataError, match="babble needs training audio of at least two"):
+        plan_copies(views, manifest(cat), augment_params(copies=1, kinds=["noise"]),
+                    hop_length=160, sample_rate=SR, noise_files=[])
