@@ -1,6 +1,7 @@
 """Unseen-speaker verification (issue 9): each addition alone and all together, same budget.
 
     python bench/unseen.py ../shared/data/librispeech-125 --steps 600 --seeds 3
+    python bench/unseen.py --table bench/unseen.json     # the table of a finished run
 
 Splits the speakers of an audio_dir-style folder (one folder per speaker) into
 `--train-speakers` for training and the rest held out, seeded by `--split-seed`; the held-out
@@ -180,15 +181,20 @@ def _stat(values: list[float], scale: float = 1.0, digits: int = 3) -> str:
 
 def print_table(results: dict) -> None:
     """Markdown: unseen-speaker EER in % and minDCF, mean ± std over seeds."""
-    print("| configuration | score | seeds | unseen EER % | minDCF p0.01 | minDCF p0.05 | train s |")
-    print("|---|---|---|---|---|---|---|")
+    print("| configuration | score | seeds | unseen EER % | per seed | minDCF p0.01 | minDCF p0.05 "
+          "| train s |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
         if r["runs"]:
             cols = [[x["verify"][k] for x in r["runs"]] for k in ("eer", "min_dcf_p01", "min_dcf_p05")]
             wall = statistics.mean(x["train_seconds"] for x in r["runs"])
+            per_seed = " / ".join(f"{100 * v:.2f}" for v in cols[0])
             print(f"| {name} | {r['score']} | {len(r['runs'])} | {_stat(cols[0], 100, 2)} | "
-                  f"{_stat(cols[1])} | {_stat(cols[2])} | {wall:.0f} |")
+                  f"{per_seed} | {_stat(cols[1])} | {_stat(cols[2])} | {wall:.0f} |")
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--table"]:  # the table of an earlier run's JSON
+        print_table(json.loads(Path(sys.argv[2]).read_text())["results"])
+    else:
+        main()
