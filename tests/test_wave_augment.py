@@ -125,6 +125,14 @@ def test_generated_rooms_decay_by_their_rt60_and_keep_length_and_power():
     assert len(wet) == len(speech)
     assert np.isclose(np.mean(wet ** 2), np.mean(speech ** 2))
     assert not np.allclose(wet, speech)
+    # The FFT convolution is the linear one, not a circular one, whatever length it pads to.
+    short = np.random.default_rng(3).standard_normal(997)
+    np.testing.assert_allclose(reverberate(short, rir[:50]) / np.sqrt(np.mean(short ** 2)),
+                               _rescaled(np.convolve(short, rir[:50])[:997]), atol=1e-9)
+
+
+def _rescaled(x):
+    return x / np.sqrt(np.mean(x ** 2))
 
 
 def test_noise_is_added_at_the_asked_snr():
