@@ -55,6 +55,8 @@ CONFIGS = {
     "+ speed copies": (SPEED, "raw"),
     "+ reverb/noise copies": (COPIES, "raw"),
     "+ augmentation (speed + reverb/noise)": ({**SPEED, **COPIES}, "raw"),
+    "+ augmentation + AS-norm": ({**SPEED, **COPIES, "evaluate.asnorm_top_n": ASNORM_TOP_N},
+                                 "asnorm"),
     "+ fine-tuning": ({"finetune": True}, "raw"),
     "all together": ({**SPEED, **COPIES, "finetune": True, "evaluate.subtract_mean": True,
                       "evaluate.asnorm_top_n": ASNORM_TOP_N, "train.average_last": AVERAGE_LAST},
