@@ -51,9 +51,10 @@ def view_of(copy_id: str) -> str:
     return copy_id.rsplit(SEPARATOR, 1)[0]
 
 
-def speed_speaker(speaker: str, factor: float) -> str:
-    """The class of a speaker's speed copies at `factor` (a voice of its own)."""
-    return f"{speaker}{SEPARATOR}sp{factor:g}"
+def speed_copy_name(name: str, factor: float) -> str:
+    """The name of a view's speed copy at `factor`, and of its speaker's class (a voice of
+    its own)."""
+    return f"{name}{SEPARATOR}sp{factor:g}"
 
 
 def real_speakers(speakers: list[str]) -> np.ndarray:

@@ -247,9 +247,7 @@ def _check(path: str, field: Field, value: Any) -> Any:
             raise fail("must be a list of two numbers [low, high]")
         if value[0] > value[1]:
             raise fail("low must not exceed high")
-        if (field.above is not None and value[0] <= field.above) \
-                or (field.max is not None and value[1] > field.max):
-            raise fail(f"each must be > {field.above:g} and <= {field.max:g}")
+        _check_items(field, value, fail)
     elif kind == "str_list":
         if not (isinstance(value, list) and value and all(isinstance(v, str) for v in value)):
             raise fail("must be a non-empty list of strings")
@@ -263,12 +261,9 @@ def _check(path: str, field: Field, value: Any) -> Any:
                                                 and not isinstance(v, bool) for v in value)):
             raise fail("must be a list of numbers")
         value = [float(v) for v in value]
-        for v in value:
-            if not math.isfinite(v) or (field.min is not None and v < field.min) \
-                    or (field.max is not None and v > field.max):
-                raise fail(f"each must lie in [{field.min:g}, {field.max:g}]")
-        if len(set(value)) != len(value) or 1.0 in value:
-            raise fail("lists a factor twice, or 1.0 (the clean utterance is always kept)")
+        _check_items(field, value, fail)
+        if len(set(value)) != len(value):
+            raise fail("lists a value twice")
         return value
     if field.choices is not None and value not in field.choices:
         raise fail("unknown value")
@@ -280,6 +275,16 @@ def _check(path: str, field: Field, value: Any) -> Any:
         if field.max is not None and value > field.max:
             raise fail(f"must be <= {field.max:g}")
     return value
+
+
+def _check_items(field: Field, items: list, fail) -> None:
+    """The bounds of a pair's or list's field, applied to each of its numbers."""
+    bounds = [(field.above, "> ", lambda v, b: v > b), (field.min, ">= ", lambda v, b: v >= b),
+              (field.max, "<= ", lambda v, b: v <= b)]
+    bounds = [(b, text, ok) for b, text, ok in bounds if b is not None]
+    if any(not math.isfinite(v) or not all(ok(v, b) for b, _, ok in bounds) for v in items):
+        raise fail("each must be finite" + "".join(
+            f"{' and' if k else ','} {text}{b:g}" for k, (b, text, _) in enumerate(bounds)))
 
 
 def _validate(schema: dict, raw: Any, prefix: str) -> dict:
@@ -362,6 +367,8 @@ _CROSS_CHECKS: list[tuple[str, Callable[[dict], bool], str]] = [
      "feature (fewer mels, a larger features.n_fft or a wider frequency range)"),
     ("data.path", lambda p: p["data"]["source"] not in ("hw4", "audio_dir", "kaldi")
      or bool(p["data"]["path"]), "is required when data.source is hw4, audio_dir or kaldi"),
+    ("features.augment.speed", lambda p: 1.0 not in p["features"]["augment"]["speed"],
+     "must not list 1.0 (the clean utterance is always kept)"),
     ("evaluate.asnorm_top_n", lambda p: p["evaluate"]["asnorm_top_n"] != 1,
      "must be 0 (off) or >= 2 (a standard deviation needs two scores)"),
     ("data.url", lambda p: p["data"]["source"] != "url" or bool(p["data"]["url"]),

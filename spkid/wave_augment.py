@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from spkid.errors import DataError
-from spkid.index import AUGMENT, SEPARATOR, SplitConfig, speed_speaker, split_views
+from spkid.index import AUGMENT, SEPARATOR, SplitConfig, speed_copy_name, split_views
 
 SPEED_OF_SOUND = 343.0
 BABBLE_SPEAKERS = (3, 7)
@@ -111,7 +111,7 @@ def plan_copies(views: list[dict], rows: dict, a, *, hop_length: int, sample_rat
     for v in train:
         span, seconds = spans[v["utterance_id"]], v["num_frames"] * hop_length / sample_rate
         versions = [(v["utterance_id"], v["speaker"], 1.0)] + [
-            (f"{v['utterance_id']}{SEPARATOR}sp{f:g}", speed_speaker(v["speaker"], f), f)
+            (speed_copy_name(v["utterance_id"], f), speed_copy_name(v["speaker"], f), f)
             for f in a.speed]
         for name, speaker, factor in versions:
             if factor != 1.0:
