@@ -1,4 +1,4 @@
-"""Decode speed by format: audio seconds per wall second of spkid.audio.read_audio.
+"""Decode speed by format: audio seconds per wall second of spkid.data.audio.read_audio.
 
     python bench/decode.py ../shared/data/librispeech-125 [--files 6] [--seconds 60]
 
@@ -6,7 +6,7 @@ Takes the first `--seconds` of `--files` recordings, writes each as WAV (16-bit)
 m4a (AAC, encoded with PyAV as VoxCeleb2's files are AAC) into a temporary folder, then
 times read_audio on every copy, interleaved, one torch thread, and prints the median
 audio-seconds-per-second per format (one core). It also times download's check of each
-file (spkid.sources.audio_dir.check_audio: header, then the last frames decoded), in
+file (spkid.data.sources.audio_dir.check_audio: header, then the last frames decoded), in
 milliseconds per file, which `download` pays once per recording."""
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
-from spkid.audio import read_audio  # noqa: E402
-from spkid.sources.audio_dir import check_audio  # noqa: E402
+from spkid.data.audio import read_audio  # noqa: E402
+from spkid.data.sources.audio_dir import check_audio  # noqa: E402
 from test_sources_stage import write_audio  # noqa: E402  (the tests' PyAV encoder)
 
 FORMATS = (".wav", ".flac", ".m4a")

@@ -7,7 +7,7 @@ Both models start from the same weights (tests/hw4_homework.py holds the student
 they wrote it and maps it onto spkid's recipe net) and train on the same batches: random
 features of the recipe's batch size and crop length (32 x 128 x 40) with random labels over
 600 speakers, made before timing. A step is a whole training step as each code base runs it:
-spkid's as spkid.training.train does (forward with mask and labels, cross-entropy on float32
+spkid's as spkid.train.loop.train does (forward with mask and labels, cross-entropy on float32
 logits, backward, AdamW and LR-schedule steps, the accuracy from the head), the students'
 as the sample code's loop does (model_fn: forward, cross-entropy, accuracy, .item(); then
 backward, optimizer and scheduler steps, zero_grad). Both use the recipe's schedule. Data
@@ -32,9 +32,9 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from spkid.recipes import parse_override  # noqa: E402
-from spkid.device import autocast, pick_device  # noqa: E402
-from spkid.training import warmup_cosine  # noqa: E402
+from spkid.core.device import autocast, pick_device  # noqa: E402
+from spkid.core.recipes import parse_override  # noqa: E402
+from spkid.train.schedule import warmup_cosine  # noqa: E402
 from tests.hw4_homework import (HW4_SPEAKERS, HomeworkBest, load_homework_weights,  # noqa: E402
                                 recipe_net, recipe_params)
 

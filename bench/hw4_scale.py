@@ -37,7 +37,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.pipeline import STAGES, copy_project, git  # noqa: E402
-from spkid.recipes import apply, parse_override  # noqa: E402
+from spkid.core.recipes import apply, parse_override  # noqa: E402
 
 SPEAKERS, LABELLED, TEST, N_MELS = 600, 56_666, 4_000, 40
 MIN_S, MAX_S, MEDIAN_S = 1.3, 20.0, 5.9  # median tuned so the total is about 41 M frames

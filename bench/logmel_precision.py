@@ -27,7 +27,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from spkid.features import LogMelExtractor  # noqa: E402
+from spkid.features.logmel import LogMelExtractor  # noqa: E402
 
 PATHS = [("default", "SSE4_2"), ("avx2", "AVX2"), ("avx512", "AVX512")]
 

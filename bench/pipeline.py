@@ -27,7 +27,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from spkid.recipes import apply, parse_override  # noqa: E402
+from spkid.core.recipes import apply, parse_override  # noqa: E402
 
 PROJECT_FILES = ["dvc.yaml", "params.yaml", "pyproject.toml", ".dvcignore", ".gitignore",
                  ".dvc/config", ".dvc/.gitignore", "spkid", "stages"]

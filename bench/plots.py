@@ -3,7 +3,7 @@
     python bench/plots.py [--val 80 --speakers 40 --trials 1000 --rounds 5]
 
 Times, in this process: importing matplotlib's pyplot and scikit-learn's t-SNE (paid once
-per stage), spkid.plots.evaluation_plots (DET, histograms, t-SNE map, confusions) on val,
+per stage), spkid.report.evaluation_plots (DET, histograms, t-SNE map, confusions) on val,
 test and verify roles of that size, training_curves on 5 validations, and the report
 page. The `report` stage's own process start is not in here: time `spkid report` for it."""
 
@@ -21,9 +21,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from spkid import plots  # noqa: E402
-from spkid.evaluation import verification  # noqa: E402
-from spkid.report import render_report  # noqa: E402
+from spkid.report import evaluation_plots, training_curves  # noqa: E402
+from spkid.report.page import render_report  # noqa: E402
+from spkid.scoring.evaluation import verification  # noqa: E402
 
 IMPORTS = "import time; t = time.perf_counter(); import matplotlib; matplotlib.use('Agg'); " \
           "import matplotlib.pyplot, sklearn.manifold; print(time.perf_counter() - t)"
@@ -55,12 +55,12 @@ def main() -> None:
             out = subprocess.run([sys.executable, "-c", IMPORTS], capture_output=True, text=True)
             times["imports (fresh process)"].append(float(out.stdout))
             t = time.perf_counter()
-            pairs = plots.evaluation_plots(folder, curves, metrics, val_embeddings=emb,
+            pairs = evaluation_plots.evaluation_plots(folder, curves, metrics, val_embeddings=emb,
                                            val_true=true, val_predicted=predicted,
                                            speaker_names=names, seed=0)
             times["evaluation_plots"].append(time.perf_counter() - t)
             t = time.perf_counter()
-            plots.training_curves({"train/loss": (steps, 1 / steps), "lr": (steps, 1e-3 / steps),
+            training_curves.training_curves({"train/loss": (steps, 1 / steps), "lr": (steps, 1e-3 / steps),
                                    "val/accuracy": (steps, 1 - 1 / steps)}, folder / "training.png",
                                   margin=0.2)
             times["training_curves"].append(time.perf_counter() - t)

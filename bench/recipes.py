@@ -27,8 +27,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from spkid.params import defaults  # noqa: E402
-from spkid.recipes import RECIPES, apply, parse_override  # noqa: E402
+from spkid.core.params import defaults  # noqa: E402
+from spkid.core.recipes import RECIPES, apply, parse_override  # noqa: E402
 
 # Encoder x pooling x loss around the default (ECAPA-TDNN 128 + ASP + AAM-softmax); each row
 # changes only the named parts. The grid ran with 48-frame crops, the shortest candidate.

@@ -35,9 +35,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from spkid.audio import audio_info, read_audio  # noqa: E402
-from spkid.manifest import ManifestRow  # noqa: E402
-from spkid.sources.audio_dir import find_audio  # noqa: E402
+from spkid.data.audio import find_audio  # noqa: E402
+from spkid.data.audio import audio_info, read_audio  # noqa: E402
+from spkid.data.manifest import ManifestRow  # noqa: E402
 
 SEGMENT, BATCH = 128, 32
 
@@ -69,7 +69,8 @@ def features_reference(folder: Path, out: Path) -> dict:
 
 
 def features_spkid(folder: Path, out: Path, workers: int) -> dict:
-    from spkid.features import BlockJob, LogMelExtractor, manifest_to_shards
+    from spkid.features.blocks import BlockJob, manifest_to_shards
+    from spkid.features.logmel import LogMelExtractor
     rows = audio_rows(folder)
     extractor = LogMelExtractor()
     job = BlockJob(str(folder / "manifest.parquet"), {"format": "audio"}, extractor.config(),
@@ -127,9 +128,9 @@ def loader_reference(folder: Path, batches: int) -> dict:
 
 
 def loader_spkid(folder: Path, batches: int) -> dict:
-    from spkid.batching import SegmentBatches
-    from spkid.index import segment_index
-    from spkid.shards import open_features
+    from spkid.data.segments import segment_index
+    from spkid.features.store import open_features
+    from spkid.train.batches import SegmentBatches
     store = open_features(folder)
     catalog = [{"utterance_id": u, "source_id": u, "speaker": "s", "role": "train",
                 "start_frame": 0, "num_frames": int(n)}

@@ -32,8 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from recipes import protocol_arguments, run  # noqa: E402
-from spkid.params import defaults  # noqa: E402
-from spkid.recipes import apply  # noqa: E402
+
+from spkid.core.params import defaults  # noqa: E402
+from spkid.core.recipes import apply  # noqa: E402
 
 ASNORM_TOP_N = 30  # of 100 training speakers (WeSpeaker: 300 of 5994)
 AVERAGE_LAST = 5  # of the 10 validations each run makes (train.valid_every = steps / 10)

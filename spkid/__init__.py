@@ -1,0 +1,16 @@
+"""spkid: a reproducible speaker-recognition training pipeline (the library).
+
+Subpackages, each importing only those before it in this list (report and train/scoring
+aside as noted), which tests/test_architecture.py checks:
+
+    core      plumbing: errors, params, atomic writes, locks, seeding, device, ranks
+    data      where utterances come from, the split and the segment index
+    features  log-mels, the Parquet feature store, waveform augmentation
+    models    encoders, poolings, heads, model folders, the embedding loop
+    report    pictures and the report page (core only)
+    train     the training loop and everything a run carries    (not scoring, serve)
+    scoring   metrics, trials, score normalisation, evaluation  (not train, serve)
+    serve     an exported model: export, ONNX, embedding audio files
+
+No CLI or path conventions inside: the `stages/` commands decide where things live.
+"""

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import typer
 
-from spkid.errors import SpkidError, StaleInputError
-from spkid.lock import StageLock
-from spkid.memory import keep_large_blocks_mapped
-from spkid.params import load_params
+from spkid.core.errors import SpkidError, StaleInputError
+from spkid.core.lock import StageLock
+from spkid.core.memory import keep_large_blocks_mapped
+from spkid.core.params import load_params
 from stages.layout import PRODUCERS, STAGE_LOCK
 
 ParamsOption = typer.Option(Path("params.yaml"), "--params", help="params file to read")
@@ -48,7 +48,7 @@ def exclusive(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         load_params(kwargs.get("params", args[0] if args else Path("params.yaml")))
-        keep_large_blocks_mapped()  # memory that stays flat over many batches (spkid.memory)
+        keep_large_blocks_mapped()  # memory that stays flat over many batches (spkid.core.memory)
         if os.environ.get("RANK", "0") != "0":
             return fn(*args, **kwargs)
         with StageLock(STAGE_LOCK, f"spkid {fn.__name__}"):

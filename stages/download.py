@@ -24,10 +24,10 @@ from pathlib import Path
 
 import typer
 
-from spkid.params import load_params
-from spkid.sources.collect import (RawFiles, external_source, local_path, synthetic_corpus,
-                                   unseen_summary)
-from spkid.sources.unseen import scan_unseen_speakers
+from spkid.core.params import load_params
+from spkid.data.sources.collect import (RawFiles, external_source, local_path, synthetic_corpus,
+                                        unseen_summary)
+from spkid.data.sources.unseen import scan_unseen_speakers
 from stages.common import ParamsOption, exclusive, one_line_errors, summary
 from stages.layout import DOWNLOADS, MANIFEST, RAW, SOURCE_STAMP, UNSEEN_MANIFEST
 

@@ -13,14 +13,15 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from spkid.atomic import atomic_dir, write_json
-from spkid.evaluation import ROLES, score_roles, score_unseen, summary_text, write_det_curves
-from spkid.index import read_views
-from spkid.inference import Scoring
-from spkid.manifest import read_manifest
-from spkid.params import load_params
-from spkid.plots import evaluation_plots
-from spkid.score_norm import ScoreNorm
+from spkid.core.atomic import atomic_dir, write_json
+from spkid.core.params import load_params
+from spkid.data.manifest import read_manifest
+from spkid.data.views import read_views
+from spkid.report.evaluation_plots import evaluation_plots
+from spkid.scoring.embedding import Scoring
+from spkid.scoring.evaluation import (ROLES, score_roles, score_unseen, summary_text,
+                                      write_det_curves)
+from spkid.scoring.norm import ScoreNorm
 from stages.common import ParamsOption, exclusive, one_line_errors, summary
 from stages.layout import (CONFUSIONS, DET_DIR, EVAL_METRICS, FEATURES, MODEL, PLOTS, SCORE_NORM,
                            UNSEEN_MANIFEST, VIEWS)

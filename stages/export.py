@@ -8,14 +8,15 @@ from pathlib import Path
 
 import typer
 
-from spkid.atomic import atomic_dir
-from spkid.checkpoint import save_model_dir
-from spkid.index import read_views
-from spkid.export import provenance, write_submission
-from spkid.onnx_export import ONNX_FILE, export_onnx, missing as onnx_missing
-from spkid.params import load_params
-from spkid.score_norm import ScoreNorm, shipped_threshold
-from spkid.inference import Scoring
+from spkid.core.atomic import atomic_dir
+from spkid.core.install import onnx_missing
+from spkid.core.params import load_params
+from spkid.data.views import read_views
+from spkid.models.folder import save_model_dir
+from spkid.scoring.embedding import Scoring
+from spkid.scoring.norm import ScoreNorm
+from spkid.serve.export import provenance, shipped_threshold, write_submission
+from spkid.serve.onnx import ONNX_FILE, export_onnx
 from stages.common import ParamsOption, exclusive, one_line_errors, summary
 from stages.layout import (EVAL_METRICS, EXPORT, EXPORT_MODEL, FEATURES, MODEL, SCORE_NORM,
                            SUBMISSION, VIEWS)

@@ -13,12 +13,14 @@ from pathlib import Path
 
 import typer
 
-from spkid import distributed, wave_augment
-from spkid.atomic import atomic_dir, write_json
-from spkid.errors import DataError
-from spkid.features import BlockJob, LogMelExtractor, manifest_to_shards
-from spkid.manifest import read_manifest
-from spkid.params import load_params
+from spkid.core import distributed
+from spkid.core.atomic import atomic_dir, write_json
+from spkid.core.errors import DataError
+from spkid.core.params import load_params
+from spkid.data.manifest import read_manifest
+from spkid.features import copies
+from spkid.features.blocks import BlockJob, manifest_to_shards, write_copies
+from spkid.features.logmel import LogMelExtractor
 from stages.common import ParamsOption, exclusive, one_line_errors, summary
 from stages.layout import FEATURES, MANIFEST
 
@@ -38,7 +40,7 @@ def features(params: Path = ParamsOption):
     precomputed = meta.get("format") == "hw4"
     shard_meta = {"features": extractor.config(), "precomputed": precomputed,
                   "dtype": p.features.dtype, "source": meta}
-    augment = wave_augment.enabled(p.features.augment)
+    augment = copies.enabled(p.features.augment)
     if augment:
         if precomputed:
             raise DataError("features.augment: the hw4 data are precomputed log-mels, so there "
@@ -53,7 +55,7 @@ def features(params: Path = ParamsOption):
                                   rank=rank, world=world, progress=rank == 0)
         stats = {k: sum(s[k] for s in distributed.gather(mine, world)) for k in mine}
         if augment:  # every rank's clean shards are written: split them as `index` will
-            mine = wave_augment.write_copies(rows, job, p, workers=workers, rank=rank,
+            mine = write_copies(rows, job, p, workers=workers, rank=rank,
                                              world=world, progress=rank == 0)
             extra = {k: sum(s[k] for s in distributed.gather(mine, world)) for k in mine}
             stats.update(augmented=extra["utterances"], augmented_frames=extra["frames"],

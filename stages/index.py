@@ -6,14 +6,15 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import typer
 
-from spkid.atomic import atomic_dir, write_json
-from spkid.index import (SEGMENT_SCHEMA, VIEW_SCHEMA, SplitConfig, label_views, segment_index,
-                         speaker_table, split_views, to_table)
-from spkid.params import load_params
-from spkid.shards import read_catalog, read_meta
+from spkid.core.atomic import atomic_dir, write_json
+from spkid.core.params import load_params
+from spkid.data.segments import SEGMENT_SCHEMA, segment_index
+from spkid.data.views import VIEW_SCHEMA, SplitConfig, label_views, speaker_table, split_views
+from spkid.features.store import read_catalog, read_meta
 from stages.common import ParamsOption, exclusive, one_line_errors, summary
 from stages.layout import FEATURES, INDEX, SEGMENTS, SPEAKERS, VIEWS
 
@@ -34,8 +35,8 @@ def index(params: Path = ParamsOption):
     views = label_views(views, speakers)
     segments = segment_index(views, speakers, p.index.segment_len)
     with atomic_dir(INDEX) as tmp:
-        pq.write_table(to_table(views, VIEW_SCHEMA), tmp / VIEWS.name)
-        pq.write_table(to_table(segments, SEGMENT_SCHEMA), tmp / SEGMENTS.name)
+        pq.write_table(pa.Table.from_pylist(views, schema=VIEW_SCHEMA), tmp / VIEWS.name)
+        pq.write_table(pa.Table.from_pylist(segments, schema=SEGMENT_SCHEMA), tmp / SEGMENTS.name)
         write_json(tmp / SPEAKERS.name, {"speakers": speakers,
                                          "speaker2id": {s: i for i, s in enumerate(speakers)}})
     roles = Counter(v["role"] for v in views)

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import typer
 
-from spkid.atomic import check_writable
-from spkid.errors import DataError
-from spkid.inference import AudioEmbedder, audio_inputs, recording, write_embeddings
+from spkid.core.atomic import check_writable
+from spkid.core.errors import DataError
+from spkid.serve.embedder import AudioEmbedder
+from spkid.serve.inputs import audio_inputs, recording, write_embeddings
 from stages.common import one_line_errors
 from stages.layout import EXPORT_MODEL
 

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-STAGE_LOCK = Path("data/.spkid.lock")  # held while a stage runs (spkid.lock)
+STAGE_LOCK = Path("data/.spkid.lock")  # held while a stage runs (spkid.core.lock)
 RAW = Path("data/raw")
 MANIFEST = RAW / "manifest.parquet"
 SOURCE_STAMP = RAW / "source.json"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from spkid.recipes import RECIPES, as_flags
+from spkid.core.recipes import RECIPES, as_flags
 
 app = typer.Typer(add_completion=False)
 

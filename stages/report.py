@@ -13,9 +13,9 @@ from pathlib import Path
 import typer
 import yaml
 
-from spkid.atomic import atomic_path
-from spkid.params import defaults, load_params
-from spkid.report import render_report
+from spkid.core.atomic import atomic_path
+from spkid.core.params import defaults, load_params
+from spkid.report.page import render_report
 from stages.common import ParamsOption, exclusive, one_line_errors, summary
 from stages.layout import CONFUSIONS, EVAL_METRICS, PLOTS, REPORT, TRAIN_METRICS, TRAINING_PLOT
 

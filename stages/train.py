@@ -14,12 +14,15 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import typer
 
-from spkid import distributed, train_run
-from spkid.batching import training_batches
-from spkid.index import read_views
-from spkid.params import load_params
-from spkid.shards import open_features, read_meta
-from spkid.training import Validation, train as fit
+from spkid.core import distributed
+from spkid.core.params import load_params
+from spkid.data.views import read_views
+from spkid.features.store import open_features, read_meta
+from spkid.train import run as train_run
+from spkid.train.batches import training_batches
+from spkid.train.checkpoints import fingerprint
+from spkid.train.loop import train as fit
+from spkid.train.validation import Validation
 from stages.common import ParamsOption, exclusive, one_line_errors, summary
 from stages.layout import (CHECKPOINTS, FEATURES, MODEL, SEGMENTS, SPEAKERS, TRAIN_LIVE,
                            TRAIN_METRICS, TRAINING_PLOT, VIEWS)
@@ -42,7 +45,7 @@ def train(params: Path = ParamsOption):
                                    p.evaluate.batch_frames, speakers)
     config, model = train_run.new_model(p, store.n_mels, speakers, read_meta(FEATURES), rank)
     batches = training_batches(store, pq.read_table(SEGMENTS), p.train, rank, world)
-    start = train_run.begin(FILES, train_run.fingerprint(p, [SEGMENTS, SPEAKERS, VIEWS]),
+    start = train_run.begin(FILES, fingerprint(p, [SEGMENTS, SPEAKERS, VIEWS]),
                             p.train.average_last, rank)
     for note in start.notes:
         print(f"[train] {note}", flush=True)

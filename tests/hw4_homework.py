@@ -72,8 +72,8 @@ HOMEWORK = {
 
 def recipe_params(name: str, overrides: dict | None = None):
     """The full params of a recipe, with optional dotted-key overrides on top."""
-    from spkid.params import defaults, validate_params
-    from spkid.recipes import RECIPES, apply
+    from spkid.core.params import defaults, validate_params
+    from spkid.core.recipes import RECIPES, apply
     return validate_params(apply(defaults(), {**RECIPES[name], **(overrides or {})}))
 
 

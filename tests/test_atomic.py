@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from spkid.atomic import atomic_dir, atomic_path, remove_stale_temporaries, write_json
+from spkid.core.atomic import atomic_dir, atomic_path, remove_stale_temporaries, write_json
 
 
 def test_atomic_path_keeps_old_file_on_failure(tmp_path):
@@ -43,7 +43,7 @@ def test_write_json(tmp_path):
 
 WRITER = """
 import os, signal, sys
-from spkid.atomic import atomic_dir, atomic_path
+from spkid.core.atomic import atomic_dir, atomic_path
 folder, file, how = sys.argv[1:]
 with atomic_dir(folder) as tmp:
     (tmp / "shard-00000.parquet").write_bytes(b"x" * 1000)

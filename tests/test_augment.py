@@ -3,9 +3,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from spkid.augment import NoiseAugment, SpecAugment, load_noise
-from spkid.errors import DataError
-from spkid.features import LogMelExtractor
+from spkid.core.errors import DataError
+from spkid.features.logmel import LogMelExtractor
+from spkid.train.augment import NoiseAugment, SpecAugment, load_noise
 
 
 def test_load_noise_reads_folder_and_names_bad_one(tmp_path):

@@ -1,4 +1,4 @@
-"""Tests for spkid.averaging: averaged weights are the mean of the checkpoints (BatchNorm
+"""Tests for spkid.train.averaging: averaged weights are the mean of the checkpoints (BatchNorm
 running statistics included), and the kept validation states on disk."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from spkid.averaging import ValidationCheckpoints, average_state_dicts
+from spkid.train.averaging import ValidationCheckpoints, average_state_dicts
 from test_models import make_net, padded_batch
 
 

@@ -137,7 +137,7 @@ def test_repro_then_experiment(repo):
     assert all(isinstance(v, torch.Tensor) for v in state.values())
     # Raw cosine scores only by default; the ONNX graph when the onnx extra is installed.
     assert "asnorm" not in base["val"] and model_json["score"] == "cosine"
-    from spkid.onnx_export import missing
+    from spkid.core.install import onnx_missing as missing
     assert (path / "data/export/model/model.onnx").exists() == (missing() is None)
 
     # Nothing changed: a second repro runs no stage but the cheap download check.

@@ -13,7 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from test_e2e import check_pictures, commit, copy_project, read_metrics, repo, run  # noqa: F401 (repo: fixture)
+from test_e2e import (check_pictures, commit, copy_project,  # noqa: F401 (repo: fixture)
+                      read_metrics, repo, run)
 from test_sources_stage import make_audio_dir, make_hw4
 
 TINY = {

@@ -1,11 +1,12 @@
-import numpy as np
-import pytest
-
 import os
 import subprocess
 import sys
 
-from spkid.features import CHUNK_FRAMES, LOG_FLOOR, LOG_STEP, LogMelExtractor, pad_to_min_length
+import numpy as np
+import pytest
+
+from spkid.features.logmel import (CHUNK_FRAMES, LOG_FLOOR, LOG_STEP, LogMelExtractor,
+                                   pad_to_min_length)
 
 
 def hz_to_mel(f):
@@ -67,8 +68,8 @@ def test_batch_does_not_change_features():
 _DIGEST = """
 import hashlib, sys, numpy as np, torch
 torch.set_num_threads(int(sys.argv[1]))
-from spkid.audio import resample
-from spkid.features import LogMelExtractor
+from spkid.data.audio import resample
+from spkid.features.logmel import LogMelExtractor
 rng = np.random.default_rng(7)
 t = np.arange(22050 * 9) / 22050
 wave = (0.3 * np.sin(2 * np.pi * 180 * t * (1 + 0.1 * np.sin(t))) + 0.05 * rng.standard_normal(len(t))).astype(np.float32)
@@ -108,8 +109,8 @@ def test_pad_to_min_length_repeats_audio():
 def test_broken_torchaudio_is_one_clear_line(monkeypatch):
     import sys
 
-    from spkid.audio import require_torchaudio
-    from spkid.errors import SpkidError
+    from spkid.core.errors import SpkidError
+    from spkid.core.install import require_torchaudio
     monkeypatch.setitem(sys.modules, "torchaudio", None)  # import now raises ImportError
     with pytest.raises(SpkidError) as err:
         require_torchaudio()
@@ -123,8 +124,8 @@ def test_threads_inside_a_block_write_the_same_bytes(tmp_path, suffix):
     """One block, 1 or 3 workers (threads then): byte-identical shards, rows in manifest
     order, short recordings skipped and counted the same; m4a (decoded by PyAV) and a
     span of a recording (a Kaldi segment) as well as whole WAV files."""
-    from spkid.features import BlockJob, manifest_to_shards
-    from spkid.manifest import ManifestRow
+    from spkid.data.manifest import ManifestRow
+    from spkid.features.blocks import BlockJob, manifest_to_shards
     from test_sources_stage import write_audio
     if suffix == ".m4a":
         pytest.importorskip("av")

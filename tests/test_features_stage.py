@@ -69,7 +69,7 @@ def test_workers_and_torchrun_ranks_write_what_one_process_writes(downloaded, tm
 def test_float16_shards_are_half_the_size_and_read_as_float32(downloaded, tmp_path):
     import numpy as np
 
-    from spkid.shards import open_features
+    from spkid.features.store import open_features
     full = with_params(downloaded, tmp_path / "f32")
     half = with_params(downloaded, tmp_path / "f16", dtype="float16")
     for repo in (full, half):

@@ -2,9 +2,10 @@ from collections import Counter, defaultdict
 
 import pytest
 
-from spkid.errors import DataError
-from spkid.index import (SplitConfig, crop_windows, label_views, segment_index, speaker_table,
-                         split_views)
+from segment_windows import crop_windows
+from spkid.core.errors import DataError
+from spkid.data.segments import segment_index
+from spkid.data.views import SplitConfig, label_views, speaker_table, split_views
 
 
 def catalog(speakers=5, per_speaker=10, frames=300, submit=4):

@@ -13,10 +13,10 @@ import pytest
 import soundfile as sf
 import torch
 
-from spkid.checkpoint import build_model, save_model_dir
-from spkid.errors import DataError
-from spkid.features import LogMelExtractor
-from spkid.params import validate_params
+from spkid.core.errors import DataError
+from spkid.core.params import validate_params
+from spkid.features.logmel import LogMelExtractor
+from spkid.models.folder import build_model, save_model_dir
 
 BIN = Path(sys.executable).parent
 
@@ -46,7 +46,7 @@ def setup(tmp_path_factory):
 
 
 def direct_embedding(model, extractor, path):
-    from spkid.audio import read_audio
+    from spkid.data.audio import read_audio
     feats = extractor([read_audio(path, 16000)])[0]
     x = torch.from_numpy(feats)[None]
     with torch.no_grad():
@@ -162,7 +162,7 @@ def test_verify_checks_its_inputs_first(setup, tmp_path):
 
 
 def test_missing_audio_says_not_found(tmp_path):
-    from spkid.audio import audio_info, read_audio
+    from spkid.data.audio import audio_info, read_audio
     for read in (audio_info, lambda p: read_audio(p, 16000)):
         with pytest.raises(DataError, match=rf"^{re.escape(str(tmp_path / 'gone.wav'))}: not found$"):
             read(tmp_path / "gone.wav")
@@ -173,8 +173,8 @@ def test_missing_audio_says_not_found(tmp_path):
 def test_a_missing_model_is_stale_input_the_stage_layer_names(tmp_path, monkeypatch):
     """The library says the model is not found; which command makes it is the stage
     layer's advice (data/model: train, data/export/model: export)."""
-    from spkid.checkpoint import load_model_dir
-    from spkid.errors import StaleInputError
+    from spkid.core.errors import StaleInputError
+    from spkid.models.folder import load_model_dir
     from stages.common import remedy
     monkeypatch.chdir(tmp_path)
     for folder, stage in (("data/model", "train"), ("data/export/model", "export")):

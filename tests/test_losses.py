@@ -1,4 +1,4 @@
-"""Tests for spkid.losses: the heads' logits against hand-worked formulas, the AAM margin's
+"""Tests for spkid.models.heads: the heads' logits against hand-worked formulas, the AAM margin's
 monotonicity, float32 margin maths under autocast, the margin schedule, and that each head
 learns a toy separable problem."""
 
@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from spkid.losses import AAMSoftmaxHead, AMSoftmaxHead, SoftmaxHead, margin_schedule
+from spkid.core.params import validate_params
 from spkid.models import HEADS
-from spkid.params import validate_params
+from spkid.models.heads import AAMSoftmaxHead, AMSoftmaxHead, SoftmaxHead, margin_schedule
 
 
 def loss_params(**kw):

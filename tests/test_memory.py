@@ -2,7 +2,7 @@ import platform
 
 import pytest
 
-from spkid.memory import keep_large_blocks_mapped
+from spkid.core.memory import keep_large_blocks_mapped
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")

@@ -1,4 +1,5 @@
-"""Tests for spkid.metrics: checked against scikit-learn, brute force and hand-worked answers."""
+"""Tests for spkid.scoring.metrics and trials: checked against scikit-learn, brute force
+and hand-worked answers."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_curve, top_k_accuracy_score
 
-from spkid import metrics
-from spkid.metrics import det_points, eer, error_rates, min_dcf, sample_trials, top_k_accuracy
+from spkid.scoring import trials
+from spkid.scoring.metrics import det_points, eer, error_rates, min_dcf
+from spkid.scoring.trials import sample_trials
 
 
 def gaussian_trials(seed: int, n_tar: int = 300, n_non: int = 1500, shift: float = 2.0):
@@ -292,7 +294,7 @@ def test_sample_trials_tiny_cap_keeps_both_classes():
 def test_sample_trials_nontargets_roughly_uniform(monkeypatch, enumerate_max):
     # 3 speakers with 2 items each: 12 non-target pairs; draw 6 of them many times, with both
     # the small-n (enumerate all pairs) and the large-n (rejection sampling) code paths.
-    monkeypatch.setattr(metrics, "_ENUMERATE_PAIRS_MAX", enumerate_max)
+    monkeypatch.setattr(trials, "_ENUMERATE_PAIRS_MAX", enumerate_max)
     speakers = ["a", "a", "b", "b", "c", "c"]
     counts = {}
     for seed in range(400):
@@ -322,31 +324,8 @@ def test_sample_trials_no_pairs_possible():
     assert i.size == j.size == label.size == 0
 
 
-# ---------------------------------------------------------------- top-k accuracy
-
-
-@pytest.mark.parametrize("k", [1, 2, 5])
-def test_top_k_matches_sklearn(k):
-    rng = np.random.default_rng(k)
-    logits = rng.normal(size=(300, 10))
-    labels = rng.integers(0, 10, size=300)
-    want = top_k_accuracy_score(labels, logits, k=k, labels=np.arange(10))
-    assert top_k_accuracy(logits, labels, k) == pytest.approx(want, abs=1e-12)
-
-
-def test_top_k_known_answers():
-    logits = np.array([[0.1, 0.7, 0.2], [0.5, 0.3, 0.2], [0.2, 0.3, 0.5], [0.0, 0.0, 1.0]])
-    labels = np.array([1, 1, 0, 0])
-    assert top_k_accuracy(logits, labels, 1) == 0.25
-    assert top_k_accuracy(logits, labels, 2) == 0.75  # row 3: class 0 ties for 2nd place
-    assert top_k_accuracy(logits, labels, 3) == 1.0
-    assert top_k_accuracy(logits, labels, 99) == 1.0  # k clipped to the number of classes
-    with pytest.raises(ValueError):
-        top_k_accuracy(logits, labels, 0)
-
-
 def test_score_role_without_same_speaker_pairs_reports_null_verification():
-    from spkid.evaluation import score_role
+    from spkid.scoring.evaluation import score_role
     rng = np.random.default_rng(0)
     speakers = np.arange(6)  # one utterance per speaker: no same-speaker trial exists
     logits = rng.normal(size=(6, 6))
@@ -358,11 +337,12 @@ def test_score_role_without_same_speaker_pairs_reports_null_verification():
     # nontarget_ratio times zero, but sample_trials keeps one different-speaker pair
     assert report["target_trials"] == 0 and report["trials"] == 1
     assert report["accuracy_top1"] == float(np.mean(logits.argmax(1) == speakers))
-    assert report["accuracy_top5"] == top_k_accuracy(logits, speakers, 5)
+    assert report["accuracy_top5"] == top_k_accuracy_score(speakers, logits, k=5,
+                                                           labels=np.arange(6))
 
 
 def test_score_role_of_an_empty_role_is_null_not_a_crash():
-    from spkid.evaluation import score_role
+    from spkid.scoring.evaluation import score_role
     report, det = score_role(np.zeros((0, 8), np.float32), np.zeros(0, np.int64),
                              np.zeros(0, np.int64), seed=0, nontarget_ratio=4.0, max_trials=1000)
     assert det is None and report["utterances"] == 0

@@ -13,12 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hw4_homework import HOMEWORK, HW4_SPEAKERS, load_homework_weights, recipe_net, recipe_params
+from spkid.core.params import SCHEMA, validate_params
 from spkid.models import ENCODERS, HEADS, POOLINGS, SpeakerNet
 from spkid.models.pooling import SelfAttentionPooling, weighted_mean_std
-from spkid.params import SCHEMA, validate_params
-
-from hw4_homework import (HOMEWORK, HW4_SPEAKERS, load_homework_weights, recipe_net,
-                          recipe_params)
 
 N_MELS = 16
 N_SPK = 5
@@ -111,8 +109,8 @@ def test_padding_invariance_with_cmn_and_tstp(encoder):
 def test_whole_utterance_embedding_ignores_its_batch_mates(encoder):
     """Through the batching that evaluate, export and `spkid embed` use: an utterance's
     embedding is the same alone, in one padded batch with all others, or in another order."""
-    from spkid.shards import FeatureStore
-    from spkid.inference import embed_views
+    from spkid.features.store import FeatureStore
+    from spkid.models.embedding import embed_views
     torch.manual_seed(2)
     net = make_net(encoder=encoder, pooling="asp", **ENCODER_SETTINGS[encoder])
     randomize_norms(net, seed=2)
@@ -360,7 +358,7 @@ def homework_lr_lambda(current_step, num_warmup_steps=1000, num_training_steps=7
 
 
 def test_recipe_schedule_is_the_homeworks_but_one_warmup_step_ahead():
-    from spkid.training import warmup_cosine
+    from spkid.train.schedule import warmup_cosine
     t = recipe_params("hw4_best").train
     ours = warmup_cosine(t.warmup_steps, t.steps)
     steps = np.arange(t.steps)
@@ -385,7 +383,7 @@ def test_transformer_norm_placement_respects_padding():
 
 
 def test_model_json_without_norm_builds_pre_norm():
-    from spkid.checkpoint import build_model
+    from spkid.models.folder import build_model
     model = make_params(encoder="transformer", **ENCODER_SETTINGS["transformer"]).model.to_dict()
     del model["norm"]
     net = build_model({"model": model, "loss": {"name": "softmax"}, "n_mels": N_MELS,
@@ -394,7 +392,7 @@ def test_model_json_without_norm_builds_pre_norm():
 
 
 def test_parse_override_reads_values_as_yaml():
-    from spkid.recipes import RECIPES, as_flags, parse_override
+    from spkid.core.recipes import RECIPES, as_flags, parse_override
     assert parse_override("index.trial_seconds=1.0") == ("index.trial_seconds", 1.0)
     assert parse_override("train.augment.noise_dir=null") == ("train.augment.noise_dir", None)
     assert parse_override("data.path=a=b") == ("data.path", "a=b")  # first '=' splits

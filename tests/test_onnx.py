@@ -9,7 +9,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from spkid.onnx_export import ONNX_FILE, OnnxEmbedder, export_onnx, load_embedder, missing
+from spkid.core.install import onnx_missing as missing
+from spkid.serve.embedder import load_embedder
+from spkid.serve.onnx import ONNX_FILE, OnnxEmbedder, export_onnx
 from test_models import ENCODER_SETTINGS, N_MELS, make_net, padded_batch, randomize_norms
 
 pytestmark = pytest.mark.skipif(missing() is not None, reason=f"ONNX export unavailable: {missing()}")
@@ -60,13 +62,13 @@ def _voices(root, speakers=4, per=3):
 def test_same_eer_and_the_cli_accepts_the_onnx_file(tmp_path):
     """The exported folder of a default-encoder model, with a training mean and an AS-norm
     cohort: both backends give the same embeddings, EER and `spkid verify` result."""
-    from spkid.checkpoint import build_model, save_model_dir
-    from spkid.evaluation import score_trials
-    from spkid.inference import embed_audio_files, extractor_for_model
-    from spkid.features import LogMelExtractor
-    from spkid.metrics import sample_trials
-    from spkid.params import validate_params
-    from spkid.score_norm import ScoreNorm
+    from spkid.core.params import validate_params
+    from spkid.features.logmel import LogMelExtractor
+    from spkid.models.folder import build_model, save_model_dir
+    from spkid.scoring.embedding import embed_audio_files
+    from spkid.scoring.evaluation import score_trials
+    from spkid.scoring.norm import ScoreNorm
+    from spkid.scoring.trials import sample_trials
 
     p = validate_params({"model": {"channels": 16, "embedding_dim": 16}})
     extractor = LogMelExtractor()
@@ -89,7 +91,7 @@ def test_same_eer_and_the_cli_accepts_the_onnx_file(tmp_path):
     results = {}
     for which in (folder, folder / ONNX_FILE):
         net, cfg, shipped, device = load_embedder(which, "cpu")
-        emb = shipped.center(embed_audio_files(net, extractor_for_model(cfg["features"]), paths,
+        emb = shipped.center(embed_audio_files(net, LogMelExtractor.from_config(cfg["features"]), paths,
                                                400, device))
         results[which.name] = emb, score_trials(emb, i, j, trial_labels)[0]["eer"], shipped.decision_scores(
             emb, np.array([0]), np.array([4]))[0]
@@ -100,6 +102,7 @@ def test_same_eer_and_the_cli_accepts_the_onnx_file(tmp_path):
 
     # The real commands, in this process (a subprocess would import torch again).
     from typer.testing import CliRunner
+
     from stages.cli import build_app
     app = build_app()
 

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from spkid.errors import ParamsError
-from spkid.params import defaults, iter_fields, load_params, validate_params
+from spkid.core.errors import ParamsError
+from spkid.core.params import defaults, iter_fields, load_params, validate_params
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""Pictures (spkid.plots) and the self-contained report (spkid.report)."""
+"""Pictures and the self-contained report (spkid.report)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import base64
 import numpy as np
 import pytest
 
-from spkid import plots
-from spkid.evaluation import verification
-from spkid.report import changed_params, data_version, render_report
+from spkid.report import evaluation_plots, training_curves
+from spkid.report.page import changed_params, data_version, render_report
+from spkid.scoring.evaluation import verification
 
 pytest.importorskip("matplotlib")
 
@@ -42,7 +42,7 @@ def test_evaluation_pictures(tmp_path):
     predicted = true.copy()
     predicted[[0, 1, 5]] = [1, 1, 0]  # spk0 taken for spk1 twice, spk1 for spk0 once
     emb = rng.normal(size=(30, 16)) + 3 * np.eye(6, 16)[true]
-    pairs = plots.evaluation_plots(tmp_path, curves, report, val_embeddings=emb, val_true=true,
+    pairs = evaluation_plots.evaluation_plots(tmp_path, curves, report, val_embeddings=emb, val_true=true,
                                    val_predicted=predicted, speaker_names=speakers, seed=0)
     assert pairs[0] == {"speakers": ["spk0", "spk1"], "errors": 3, "a_as_b": 2, "b_as_a": 1}
     for name, shape in (("det", (500, 560)), ("scores", (360, 1260)), ("embeddings", (560, 640)),
@@ -52,7 +52,7 @@ def test_evaluation_pictures(tmp_path):
         assert not_blank(path), name
     # The same data gives the same bytes: DVC sees no change where there is none.
     first = {p.name: p.read_bytes() for p in tmp_path.glob("*.png")}
-    plots.evaluation_plots(tmp_path, curves, report, val_embeddings=emb, val_true=true,
+    evaluation_plots.evaluation_plots(tmp_path, curves, report, val_embeddings=emb, val_true=true,
                            val_predicted=predicted, speaker_names=speakers, seed=0)
     assert first == {p.name: p.read_bytes() for p in tmp_path.glob("*.png")}
 
@@ -66,11 +66,11 @@ def test_training_picture_from_dvclive_files(tmp_path):
         leaf = name.split("/")[-1]
         tsv.write_text(f"timestamp\tstep\t{leaf}\n" + "".join(
             f"{1000 + k}\t{100 * (k + 1)}\t{v}\n" for k, v in enumerate(values)))
-    curves = plots.dvclive_curves(metrics)
+    curves = training_curves.dvclive_curves(metrics)
     assert sorted(curves) == ["lr", "train/accuracy", "train/loss", "val/accuracy"]
     np.testing.assert_array_equal(curves["val/accuracy"][0], [100, 200, 300])
     out = tmp_path / "training.png"
-    plots.training_curves(curves, out, margin=0.2)
+    training_curves.training_curves(curves, out, margin=0.2)
     assert png_pixels(out).shape[:2] == (600, 960) and not_blank(out)
 
 
@@ -83,7 +83,7 @@ def test_report_is_self_contained(tmp_path):
         metrics[role], curves[role] = verification(*trials(rng))
         metrics[role].update(accuracy_top1=0.875, accuracy_top5=0.99)
     metrics["verify"] = {**verification(*trials(rng))[0], "asnorm": {"eer": 0.0123, "trials": 400}}
-    plots.det_curves({r: {**c, "eer": metrics[r]["eer"]} for r, c in curves.items()}, image)
+    evaluation_plots.det_curves({r: {**c, "eer": metrics[r]["eer"]} for r, c in curves.items()}, image)
     params = {"data": {"source": "audio_dir", "seed": 0}, "loss": {"m": 0.35, "s": 30.0}}
     defaults = {"data": {"source": "synthetic", "seed": 0}, "loss": {"m": 0.2, "s": 30.0}}
     lock = {"stages": {"download": {"outs": [{"path": "data/raw", "md5": "abc.dir"}]},

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spkid import plots
-from spkid.evaluation import verification
-from spkid.report import render_report
+from spkid.report import evaluation_plots, training_curves
+from spkid.report.page import render_report
+from spkid.scoring.evaluation import verification
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -49,11 +49,11 @@ def make_report(folder: Path) -> Path:
     true = np.repeat(np.arange(8), 6)
     predicted = np.where(np.arange(48) % 7 == 0, (true + 1) % 8, true)
     emb = rng.normal(size=(48, 16)) + 3 * np.eye(8, 16)[true]
-    pairs = plots.evaluation_plots(folder, curves, metrics, val_embeddings=emb, val_true=true,
+    pairs = evaluation_plots.evaluation_plots(folder, curves, metrics, val_embeddings=emb, val_true=true,
                                    val_predicted=predicted,
                                    speaker_names=[f"spk{k}" for k in range(8)], seed=0)
     steps = np.arange(1, 11) * 100.0
-    plots.training_curves({"train/loss": (steps, 3 / np.sqrt(steps)), "lr": (steps, 1e-3 / steps),
+    training_curves.training_curves({"train/loss": (steps, 3 / np.sqrt(steps)), "lr": (steps, 1e-3 / steps),
                            "val/accuracy": (steps, 1 - 1 / np.sqrt(steps))},
                           folder / "training.png", margin=0.2)
     images = [(folder / f"{n}.png", n) for n in ("training", "det", "scores", "embeddings",

@@ -1,4 +1,4 @@
-"""Tests for spkid.score_norm: AS-norm and mean subtraction against a brute-force computation
+"""Tests for spkid.scoring.norm: AS-norm and mean subtraction against a brute-force computation
 written from the formula, the cohort sample, and the normalised metrics beside the raw ones."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ import statistics
 import numpy as np
 import pytest
 
-from spkid import score_norm
-from spkid.errors import DataError
-from spkid.evaluation import score_trials
-from spkid.score_norm import ScoreNorm, cohort_sample
+from spkid.core.errors import DataError
+from spkid.scoring import norm as score_norm
+from spkid.scoring.evaluation import score_trials
+from spkid.scoring.norm import ScoreNorm, cohort_sample
 
 
 def _cos(a, b) -> float:

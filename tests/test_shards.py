@@ -2,9 +2,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from spkid.errors import DataError
-from spkid.shards import (ShardWriter, open_features, read_catalog, read_meta, schema,
-                          shard_paths)
+from spkid.core.errors import DataError
+from spkid.features.store import (ShardWriter, open_features, read_catalog, read_meta, schema,
+                                  shard_paths)
 
 
 def make_items(n=7, mels=5, seed=0):
@@ -108,7 +108,7 @@ def test_compressed_shards_from_an_older_spkid_are_refused_by_name(tmp_path):
 def test_stage_layer_names_the_step_that_makes_a_stale_input(tmp_path, monkeypatch, capsys):
     import typer
 
-    from spkid.errors import StaleInputError
+    from spkid.core.errors import StaleInputError
     from stages.common import one_line_errors, remedy
     monkeypatch.chdir(tmp_path)
     assert remedy("data/features/shard-00000-000.parquet") == "run `spkid features` or `dvc repro`"
@@ -130,7 +130,7 @@ def test_missing_shards_named(tmp_path):
 
 
 def test_crash_leaves_no_partial_shard(tmp_path, monkeypatch):
-    import spkid.shards as shards
+    import spkid.features.store as shards
     w = ShardWriter(tmp_path, 0, {})
     w.add("a", "s", None, np.ones((3, 2), np.float32))
 

@@ -1,4 +1,4 @@
-"""spkid.sources.audio_dir: a folder of recordings, one subfolder per speaker."""
+"""spkid.data.sources.audio_dir: a folder of recordings, one subfolder per speaker."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from spkid.errors import DataError
-from spkid.manifest import read_manifest, write_manifest
-from spkid.sources.audio_dir import scan_audio_dir, scan_unseen_folder
-from spkid.sources.trials import read_trials_list
+from spkid.core.errors import DataError
+from spkid.data.manifest import read_manifest, write_manifest
+from spkid.data.sources.audio_dir import scan_audio_dir, scan_unseen_folder
+from spkid.data.sources.trials import read_trials_list
 
 RNG = np.random.default_rng(0)
 

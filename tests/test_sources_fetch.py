@@ -1,4 +1,4 @@
-"""spkid.sources.fetch: download (http, file://, local, kaggle message), verify, extract,
+"""spkid.data.sources.fetch: download (http, file://, local, kaggle message), verify, extract,
 detect the layout. HTTP tests use a server on 127.0.0.1 inside the test, nothing else."""
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-import spkid.sources.fetch as fetch_mod
-from spkid.errors import DataError
-from spkid.sources.fetch import archive_path, detect_layout, extract, fetch, locate_layout
+import spkid.data.sources.fetch as fetch_mod
+from spkid.core.errors import DataError
+from spkid.data.sources.fetch import archive_path, detect_layout, extract, fetch, locate_layout
 
 PAYLOAD = np.random.default_rng(0).bytes(300_000)  # incompressible, so the archive is big
 

@@ -1,4 +1,4 @@
-"""spkid.sources.hw4: the HW4 Kaggle folder (JSON files + uttr-*.pt tensors)."""
+"""spkid.data.sources.hw4: the HW4 Kaggle folder (JSON files + uttr-*.pt tensors)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from spkid.errors import DataError
-from spkid.manifest import read_manifest, write_manifest
-from spkid.sources.hw4 import load_hw4_features, scan_hw4
+from spkid.core.errors import DataError
+from spkid.data.manifest import read_manifest, write_manifest
+from spkid.data.sources.hw4 import load_hw4_features, scan_hw4
 
 N_MELS = 40
 # Class ids deliberately not in name order: rows must follow mapping.json's id order.

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spkid.audio import audio_info, read_audio
-from spkid.errors import DataError
-from spkid.sources.audio_dir import check_audio, scan_audio_dir
-from spkid.sources.trials import read_trials_list
-from spkid.sources.kaldi import is_kaldi_dir, scan_kaldi
+from spkid.core.errors import DataError
+from spkid.data.audio import audio_info, read_audio
+from spkid.data.sources.audio_dir import check_audio, scan_audio_dir
+from spkid.data.sources.kaldi import is_kaldi_dir, scan_kaldi
+from spkid.data.sources.trials import read_trials_list
 from test_sources_stage import SR, make_audio_dir, voice, write_audio
 
 pytest.importorskip("av")
@@ -267,7 +267,8 @@ def test_kaldi_trial_list_format(tmp_path):
 def test_kaldi_verification_folder_and_its_utterance_id_trials(tmp_path):
     """data.verify_dir may be a Kaldi folder; evaluate.trials then names its utterances by
     id (Kaldi's own lists), segments included, and each trial maps to those rows."""
-    from spkid.sources.unseen import scan_unseen_speakers, unseen_trials
+    from spkid.data.sources.unseen import scan_unseen_speakers
+    from spkid.scoring.trials import unseen_trials
     folder = make_kaldi(tmp_path / "k")
     rows, meta = scan_unseen_speakers(folder, None)
     assert meta["kind"] == "dir" and meta["speakers"] == ["alice", "bob"] and len(rows) == 8

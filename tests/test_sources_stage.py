@@ -18,7 +18,7 @@ import torch
 import typer
 import yaml
 
-from spkid.manifest import read_manifest
+from spkid.data.manifest import read_manifest
 from test_atomic import writer
 
 N_MELS = 40
@@ -197,7 +197,7 @@ def test_hw4_download_and_features(project, tmp_path, capsys):
     assert "21 utterances" in out
     summary = json.loads((project / "data/features/summary.json").read_text())
     assert summary["precomputed"] is True and summary["utterances"] == 21
-    from spkid.shards import open_features, read_meta
+    from spkid.features.store import open_features, read_meta
     assert read_meta(project / "data/features")["precomputed"] is True
     store = open_features(project / "data/features")
     first = tests[0]["feature_path"]
@@ -494,10 +494,11 @@ def test_verification_of_a_hw4_model_warns(project, tmp_path, capsys):
 def test_embed_audio_files_matches_the_feature_shards(project, tmp_path, capsys):
     """Raw audio embedded on the fly gives the embedding of the same file's stored
     features, whatever batch it lands in."""
-    from spkid.checkpoint import load_model_dir
-    from spkid.inference import embed_audio_files, extractor_for_model
-    from spkid.shards import open_features
-    from spkid.inference import embed_views
+    from spkid.features.logmel import LogMelExtractor
+    from spkid.features.store import open_features
+    from spkid.models.embedding import embed_views
+    from spkid.models.folder import load_model_dir
+    from spkid.scoring.embedding import embed_audio_files
 
     data = make_audio_dir(tmp_path / "audio", speakers=3, per_speaker=4, seconds=(0.6, 3.0))
     write_params(project / "params.yaml", merged(TINY_TRAIN, {"data": {"source": "audio_dir",
@@ -509,7 +510,7 @@ def test_embed_audio_files_matches_the_feature_shards(project, tmp_path, capsys)
     views = {"source_id": [r.utterance_id for r in rows], "start_frame": [0] * len(rows),
              "num_frames": store.length[store.positions([r.utterance_id for r in rows])]}
     want = embed_views(model, store, views, 20000, torch.device("cpu")).embeddings
-    extractor = extractor_for_model(config["features"])
+    extractor = LogMelExtractor.from_config(config["features"])
     paths = [r.path for r in rows]
     got = embed_audio_files(model, extractor, paths, 20000, "cpu")
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)

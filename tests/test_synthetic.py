@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from spkid.errors import DataError
-from spkid.manifest import read_manifest, write_manifest
-from spkid.synthetic import generate_corpus, speaker_voice
+from spkid.core.errors import DataError
+from spkid.data.manifest import read_manifest, write_manifest
+from spkid.data.synthetic import generate_corpus, speaker_voice
 
 SR = 16000
 SMALL = dict(speakers=4, utterances_per_speaker=3, submit_per_speaker=1, min_seconds=1.0,

@@ -115,7 +115,7 @@ def test_changed_params_do_not_resume(prepared, tmp_path):
 
 
 def test_a_checkpoint_before_the_first_validation_resumes(tmp_path):
-    from spkid.checkpoint import resumable
+    from spkid.train.checkpoints import resumable
     last, best = tmp_path / "last.pt", tmp_path / "best.pt"
     assert resumable(last, best, "f") == (None, "")
     torch.save({"fingerprint": "f", "progress": {"step": 100, "best_step": 0}}, last)
@@ -131,7 +131,7 @@ def test_a_checkpoint_before_the_first_validation_resumes(tmp_path):
 
 
 def test_trim_curves_drops_rows_after_the_checkpoint(tmp_path):
-    from spkid.training import trim_curves
+    from spkid.train.curves import trim_curves
     (tmp_path / "plots/val").mkdir(parents=True)
     curve = tmp_path / "plots/val/accuracy.tsv"
     curve.write_text("step\taccuracy\n25\t0.5\n50\t0.6\n75\t0.7\n")

@@ -2,14 +2,16 @@ import numpy as np
 import pytest
 import torch
 
-from spkid.batching import SegmentBatches, training_batches, view_batches
-from spkid.checkpoint import build_model, load_model_dir, save_model_dir
-from spkid.errors import DataError
-from spkid.params import validate_params
-from spkid.shards import FeatureStore
-from spkid.index import crop_windows
-from spkid.inference import embed_views
-from spkid.training import RunHooks, Validation, subset_views, train, warmup_cosine
+from segment_windows import crop_windows
+from spkid.core.errors import DataError
+from spkid.core.params import validate_params
+from spkid.features.store import FeatureStore
+from spkid.models.embedding import embed_views, view_batches
+from spkid.models.folder import build_model, load_model_dir, save_model_dir
+from spkid.train.batches import SegmentBatches, training_batches
+from spkid.train.loop import RunHooks, train
+from spkid.train.schedule import warmup_cosine
+from spkid.train.validation import Validation, subset_views
 
 N_MELS, SPEAKERS = 8, 3
 
@@ -244,5 +246,5 @@ def test_finetune_phase_switches_lr_margin_and_crops_and_resumes_exactly():
 def test_finetune_off_keeps_the_schedule():
     p = validate_params({"train": {"steps": 10, "warmup_steps": 2}})
     plain = warmup_cosine(2, 10)
-    from spkid.training import phase_schedule
+    from spkid.train.schedule import phase_schedule
     assert [phase_schedule(p.train)(s) for s in range(12)] == [plain(s) for s in range(12)]

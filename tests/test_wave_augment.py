@@ -7,13 +7,14 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from spkid.errors import DataError
-from spkid.index import SplitConfig, label_views, segment_index, speaker_table, split_views, view_of
-from spkid.manifest import ManifestRow
-from spkid.params import validate_params
-from spkid.shards import read_catalog
-from spkid.wave_augment import (Levels, add_noise, change_speed, plan_copies, render, reverberate,
-                                room_impulse_response)
+from spkid.core.errors import DataError
+from spkid.core.params import validate_params
+from spkid.data.manifest import ManifestRow
+from spkid.data.segments import segment_index
+from spkid.data.views import SplitConfig, label_views, speaker_table, split_views, view_of
+from spkid.features.copies import Levels, plan_copies, render
+from spkid.features.store import read_catalog
+from spkid.features.waveform import add_noise, change_speed, reverberate, room_impulse_response
 from test_index import catalog
 from test_train_stage import spkid
 
@@ -211,9 +212,9 @@ def test_features_stores_copies_of_train_utterances_that_index_trains_on(tmp_pat
 def test_closed_set_predictions_name_real_speakers_not_speed_copies():
     import torch
 
-    from spkid.index import real_speakers
-    from spkid.inference import embed_views
-    from spkid.shards import FeatureStore
+    from spkid.data.views import real_speakers
+    from spkid.features.store import FeatureStore
+    from spkid.models.embedding import embed_views
     from test_models import N_MELS, make_net
 
     names = ["a~sp0.9", "a", "b", "c~x", "b~sp1.1"]
@@ -256,15 +257,15 @@ def test_precomputed_hw4_features_cannot_be_augmented(tmp_path):
 def test_noise_copies_take_noise_dir_recordings_when_given(tmp_path):
     import soundfile as sf
 
-    from spkid.wave_augment import find_noise
+    from spkid.data.audio import find_noise
     with pytest.raises(DataError, match="features.augment.noise_dir: folder not found"):
-        find_noise(str(tmp_path / "none"))
+        find_noise(str(tmp_path / "none"), "features.augment.noise_dir")
     (tmp_path / "noise").mkdir()
     with pytest.raises(DataError, match="no audio files"):
-        find_noise(str(tmp_path / "noise"))
+        find_noise(str(tmp_path / "noise"), "features.augment.noise_dir")
     hum = 0.1 * sine(50.0, 0.3)
     sf.write(tmp_path / "noise" / "hum.wav", hum, SR)
-    files = find_noise(str(tmp_path / "noise"))
+    files = find_noise(str(tmp_path / "noise"), "features.augment.noise_dir")
     assert files == [str((tmp_path / "noise" / "hum.wav").resolve())]
     cat = catalog(speakers=1, per_speaker=5, submit=0)  # one speaker: no babble possible
     views = split_views(cat, SplitConfig(0.2, 0.2, 0))

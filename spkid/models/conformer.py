@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from spkid.audio import require_torchaudio
+from spkid.core.install import require_torchaudio
 from spkid.models.registry import ENCODERS, register
 
 

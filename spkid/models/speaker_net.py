@@ -35,7 +35,7 @@ class SpeakerNet(nn.Module):
 
     def forward(self, x, mask, labels=None, margin=None):
         """Embeddings and logits (with the training margin when labels are given; `margin`
-        overrides loss.m, e.g. from spkid.losses.margin_schedule)."""
+        overrides loss.m, e.g. from spkid.models.heads.margin_schedule)."""
         emb = self.embed(x, mask)
         return emb, self.head(emb, labels, margin=margin)
 

@@ -1,0 +1,13 @@
+"""Plumbing every stage shares; imports nothing else of spkid.
+
+    errors       the errors a user can act on (one line, exit status 2)
+    params       the params.yaml schema, defaults and validation
+    recipes      named configurations as params overrides (`spkid recipe`)
+    atomic       write to a temporary sibling, then rename; clean up after dead writers
+    lock         one stage at a time in a repository
+    memory       glibc's mmap threshold, for flat memory over many batches
+    seeding      random streams named by what they are for
+    install      imports that fail for install reasons, with the fix
+    device       CPU or CUDA, and the mixed precision used there
+    distributed  the process group under torchrun (a no-op for one process)
+"""

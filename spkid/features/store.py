@@ -1,0 +1,257 @@
+"""Parquet feature shards: the contract between `features` and everything after it.
+
+Manifest rows are cut into blocks of `features.shard_size`; block k is written as
+`shard-KKKKK-PPP.parquet` (part P: a block whose matrices would exceed `MAX_PART_BYTES`
+is split), one row per utterance:
+
+    utterance_id  string        unique id (same as the manifest)
+    speaker       string        speaker name; null for `submit` items
+    role          string        null = labelled, split later by `index`; "submit"
+    num_frames    int32         T
+    num_mels      int16         F
+    features      list<float32 | float16>  the T x F log-mel matrix, row-major
+
+A block's content depends only on its manifest rows, so one process, several worker
+processes or several machines write byte-identical shards. Schema metadata `spkid`
+(JSON) records the feature params. Shards are written whole (temporary name, then rename).
+
+Why the shards are read through memory mapping: the features are written uncompressed,
+PLAIN-encoded, in a single data page per column chunk, so a shard's log-mel values lie in
+one contiguous run at the end of its column chunk, at an offset the Parquet footer gives.
+`FeatureStore` maps that run of every shard (numpy.memmap) instead of reading frames into
+RAM: a stage holds the utterance catalog, not the frames, so its memory does not grow
+with the data, and a crop is a slice of a mapped array. The files stay ordinary Parquet
+that any Parquet reader opens; log-mels compress poorly (zstd saved about 10 %), and
+`features.dtype: float16` halves them instead.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from spkid.core.atomic import atomic_path
+from spkid.core.errors import DataError, StaleInputError
+
+DTYPES = {"float32": (np.float32, pa.float32()), "float16": (np.float16, pa.float16())}
+PATTERN = "shard-*.parquet"
+# A Parquet page size is an int32; staying well under it also bounds a writer's memory.
+MAX_PART_BYTES = 1 << 30
+
+
+def schema(dtype: str = "float32") -> pa.Schema:
+    return pa.schema([
+        ("utterance_id", pa.string()),
+        ("speaker", pa.string()),
+        ("role", pa.string()),
+        ("num_frames", pa.int32()),
+        ("num_mels", pa.int16()),
+        ("features", pa.list_(DTYPES[dtype][1])),
+    ])
+
+
+
+
+def shard_name(block: int, part: int) -> str:
+    return f"shard-{block:05d}-{part:03d}.parquet"
+
+
+class ShardWriter:
+    """Writes the utterances of one block: a part every `MAX_PART_BYTES` of features."""
+
+    def __init__(self, folder: str | Path, block: int, meta: dict, dtype: str = "float32",
+                 max_part_bytes: int = MAX_PART_BYTES):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.block, self.dtype, self.max_part_bytes = block, dtype, max_part_bytes
+        self.np_dtype = DTYPES[dtype][0]
+        self.meta = {"spkid": json.dumps(meta, sort_keys=True)}
+        self._rows: list[dict] = []
+        self._bytes = 0
+        self.parts = 0
+        self.frames = 0
+
+    def add(self, utterance_id: str, speaker: str | None, role: str | None, feats: np.ndarray):
+        feats = np.asarray(feats)
+        if feats.ndim != 2 or feats.shape[0] == 0:
+            raise DataError(f"{utterance_id}: features must be a non-empty (frames, mels) matrix, "
+                            f"got shape {feats.shape}")
+        with np.errstate(over="ignore"):
+            stored = np.ascontiguousarray(feats, dtype=self.np_dtype)
+        # Checked after the cast: a value beyond float16's range becomes inf here.
+        if not np.isfinite(stored).all():
+            raise DataError(f"{utterance_id}: features contain NaN or inf"
+                            + (f" (as {self.dtype})" if np.isfinite(feats).all() else ""))
+        if self._rows and self._bytes + stored.nbytes > self.max_part_bytes:
+            self.flush()
+        self._rows.append({"utterance_id": utterance_id, "speaker": speaker, "role": role,
+                           "num_frames": stored.shape[0], "num_mels": stored.shape[1],
+                           "features": stored.reshape(-1)})
+        self._bytes += stored.nbytes
+        self.frames += stored.shape[0]
+
+    def flush(self) -> None:
+        if not self._rows:
+            return
+        flat = np.concatenate([r["features"] for r in self._rows])
+        offsets = np.zeros(len(self._rows) + 1, dtype=np.int32)
+        np.cumsum([len(r["features"]) for r in self._rows], out=offsets[1:])
+        table = pa.table({
+            "utterance_id": pa.array([r["utterance_id"] for r in self._rows], pa.string()),
+            "speaker": pa.array([r["speaker"] for r in self._rows], pa.string()),
+            "role": pa.array([r["role"] for r in self._rows], pa.string()),
+            "num_frames": pa.array([r["num_frames"] for r in self._rows], pa.int32()),
+            "num_mels": pa.array([r["num_mels"] for r in self._rows], pa.int16()),
+            "features": pa.ListArray.from_arrays(pa.array(offsets),
+                                                 pa.array(flat, DTYPES[self.dtype][1])),
+        }, schema=schema(self.dtype)).replace_schema_metadata(self.meta)
+        path = self.folder / shard_name(self.block, self.parts)
+        with atomic_path(path) as tmp:
+            pq.write_table(table, tmp, compression="none", use_dictionary=False,
+                           column_encoding={"features": "PLAIN"}, write_statistics=False,
+                           data_page_size=self.max_part_bytes + (1 << 20),
+                           max_rows_per_page=len(self._rows) + 1, row_group_size=len(self._rows))
+            # The memory-mapped reading relies on this layout: prove it on what was written.
+            if not np.array_equal(_map_values(tmp, len(flat), self.np_dtype), flat):
+                raise DataError(f"{path}: pyarrow {pa.__version__} did not write the features "
+                                "as one plain uncompressed page; spkid cannot map them")
+        self.parts += 1
+        self._rows, self._bytes = [], 0
+
+
+def _values_offset(path: Path, count: int, itemsize: int) -> int:
+    """File offset of the `count` feature values of a shard written by ShardWriter."""
+    meta = pq.ParquetFile(path).metadata
+    names = [meta.schema.column(i).path for i in range(meta.num_columns)]
+    if meta.num_row_groups != 1 or "features.list.element" not in names:
+        raise StaleInputError(f"{path}: not a spkid feature shard", path)
+    col = meta.row_group(0).column(names.index("features.list.element"))
+    if (col.compression != "UNCOMPRESSED" or col.dictionary_page_offset is not None
+            or set(col.encodings) - {"PLAIN", "RLE"}):
+        raise StaleInputError(f"{path}: features are stored {col.compression.lower()} with "
+                              f"{'/'.join(col.encodings)} encoding, not plain and uncompressed "
+                              "(written by an older spkid?)", path)
+    end = col.data_page_offset + col.total_compressed_size
+    start = end - count * itemsize
+    if start < col.data_page_offset:
+        raise DataError(f"{path}: features column is shorter than its num_frames say")
+    return start
+
+
+def _map_values(path: Path, count: int, dtype) -> np.ndarray:
+    if count == 0:
+        return np.zeros(0, dtype)
+    offset = _values_offset(Path(path), count, np.dtype(dtype).itemsize)
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=(count,))
+
+
+def shard_paths(folder: str | Path) -> list[Path]:
+    paths = sorted(Path(folder).glob(PATTERN))
+    if not paths:
+        raise DataError(f"no feature shards ({PATTERN}) in {folder}")
+    return paths
+
+
+def read_catalog(folder: str | Path) -> pa.Table:
+    """Every utterance's id, speaker, role and size, without the feature matrices."""
+    cols = ["utterance_id", "speaker", "role", "num_frames", "num_mels"]
+    tables = []
+    for i, p in enumerate(shard_paths(folder)):
+        t = pq.read_table(p, columns=cols)
+        tables.append(t.append_column("shard", pa.array(np.full(len(t), i, np.int32))))
+    return pa.concat_tables(tables)
+
+
+def read_meta(folder: str | Path) -> dict:
+    schema_ = pq.read_schema(shard_paths(folder)[0])
+    return json.loads((schema_.metadata or {}).get(b"spkid", b"{}"))
+
+
+@dataclass
+class FeatureStore:
+    """Utterance matrices by position: `arrays[shard[i]][offset[i]:offset[i] + length[i]]`
+    is utterance `ids[i]`. The arrays are memory-mapped shards (or, for features computed
+    on the fly, the matrices themselves)."""
+
+    ids: pa.Array
+    shard: np.ndarray
+    offset: np.ndarray
+    length: np.ndarray
+    arrays: list[np.ndarray]
+    n_mels: int
+
+    @classmethod
+    def from_matrices(cls, ids, matrices: list[np.ndarray]) -> "FeatureStore":
+        n_mels = matrices[0].shape[1] if matrices else 0
+        return cls(pa.array(list(ids), pa.string()), np.arange(len(matrices)),
+                   np.zeros(len(matrices), np.int64),
+                   np.array([len(m) for m in matrices], np.int64), list(matrices), n_mels)
+
+    def positions(self, ids) -> np.ndarray:
+        """Store positions of utterance ids; a missing id is a DataError naming it."""
+        wanted = ids if isinstance(ids, (pa.Array, pa.ChunkedArray)) else pa.array(list(ids), pa.string())
+        pos = pc.index_in(wanted, value_set=self.ids)
+        if pos.null_count:
+            missing = pc.filter(wanted, pc.is_null(pos))[0].as_py()
+            raise StaleInputError(f"utterance {missing!r} is not in the feature shards (the "
+                                  "index was made from other features)")
+        return pos.to_numpy(zero_copy_only=False).astype(np.int64)
+
+    def matrix(self, i: int) -> np.ndarray:
+        return self.arrays[self.shard[i]][self.offset[i]:self.offset[i] + self.length[i]]
+
+    def crops(self, pos: np.ndarray, starts: np.ndarray, lengths: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray]:
+        """float32 (B, max length, n_mels) crops, zero-padded, and their (B, max length)
+        mask: crop k is frames starts[k] .. starts[k] + lengths[k] of utterance pos[k]."""
+        width = int(lengths.max())
+        x = np.zeros((len(lengths), width, self.n_mels), np.float32)
+        for k, (p, s, n) in enumerate(zip(pos.tolist(), starts.tolist(), lengths.tolist())):
+            a = self.offset[p] + s
+            x[k, :n] = self.arrays[self.shard[p]][a:a + n]
+        return x, np.arange(width)[None, :] < lengths[:, None]
+
+
+def open_features(folder: str | Path) -> FeatureStore:
+    """Map every shard of `folder`; nothing but the catalog is read into memory."""
+    paths = shard_paths(folder)
+    catalog = read_catalog(folder)
+    mels = catalog.column("num_mels").to_numpy()
+    if len(mels) and (mels != mels[0]).any():
+        raise DataError(f"{folder}: shards disagree on the number of mels")
+    n_mels = int(mels[0]) if len(mels) else 0
+    shard = catalog.column("shard").to_numpy().astype(np.int64)
+    length = catalog.column("num_frames").to_numpy().astype(np.int64)
+    offset = np.zeros(len(length), np.int64)
+    for s in range(len(paths)):
+        rows = np.nonzero(shard == s)[0]
+        offset[rows[1:]] = np.cumsum(length[rows[:-1]])
+    _allow_open_files(len(paths))
+    arrays = []
+    for s, path in enumerate(paths):
+        field = pq.read_schema(path).field("features").type.value_type
+        dtype = next((np_t for np_t, pa_t in DTYPES.values() if pa_t == field), None)
+        if dtype is None:
+            raise DataError(f"{path}: features are {field}, expected float32 or float16")
+        frames = int(length[shard == s].sum())
+        arrays.append(_map_values(path, frames * n_mels, dtype).reshape(frames, n_mels))
+    return FeatureStore(catalog.column("utterance_id").combine_chunks(), shard, offset, length,
+                        arrays, n_mels)
+
+
+def _allow_open_files(needed: int) -> None:
+    # Each mapping keeps a file descriptor; VoxCeleb-size data has thousands of shards.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = needed + 256
+    if soft != resource.RLIM_INFINITY and soft < want:
+        if hard != resource.RLIM_INFINITY and hard < want:
+            raise DataError(f"{needed} feature shards need more open files than this system "
+                            f"allows ({hard}): raise features.shard_size")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))

@@ -1,0 +1,76 @@
+"""A model directory: `model.pt` (a plain state_dict, loadable with weights_only=True) and
+`model.json` (everything needed to rebuild the network and reproduce its input features)."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import torch
+
+from spkid.core.atomic import atomic_path, write_json
+from spkid.core.errors import DataError, StaleInputError
+from spkid.core.params import Params
+from spkid.models.speaker_net import SpeakerNet
+
+WEIGHTS, CONFIG = "model.pt", "model.json"
+
+
+def model_config(p, n_mels: int, speakers: list[str], features: dict) -> dict:
+    return {"model": p.model.to_dict(), "loss": p.loss.to_dict(), "n_mels": n_mels,
+            "speakers": list(speakers), "features": features}
+
+
+def build_model(config: dict) -> SpeakerNet:
+    return SpeakerNet(Params(config["model"]), Params(config["loss"]), config["n_mels"],
+                      len(config["speakers"]))
+
+
+def save_torch(path: str | Path, obj) -> None:
+    """torch.save, atomically and byte-reproducibly: torch names the archive inside the file
+    after the file it writes to, so save to memory rather than to a random temporary name."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buffer.getvalue())
+
+
+def save_weights(folder: str | Path, state_dict: dict) -> None:
+    save_torch(Path(folder) / WEIGHTS, state_dict)
+
+
+def save_model_dir(folder: str | Path, state_dict: dict | None, config: dict) -> None:
+    if state_dict is not None:
+        save_weights(folder, state_dict)
+    write_json(Path(folder) / CONFIG, config)
+
+
+def read_config(path: str | Path) -> dict:
+    """A model folder's model.json; a missing or broken one is a DataError naming it."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise StaleInputError(f"{path}: not found", path) from None
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
+
+
+def load_model_dir(folder: str | Path, device: str | torch.device = "cpu"):
+    """(model in eval mode, config). Weights are loaded with weights_only=True: a model
+    directory may come from a stranger."""
+    folder = Path(folder)
+    config = read_config(folder / CONFIG)
+    try:
+        state = torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise DataError(f"{folder / WEIGHTS}: not found") from None
+    except Exception as exc:
+        raise DataError(f"{folder / WEIGHTS}: cannot load weights ({str(exc).splitlines()[0]})") from None
+    model = build_model(config)
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError) as exc:
+        raise DataError(f"{folder / WEIGHTS}: does not match {folder / CONFIG} "
+                        f"({str(exc).splitlines()[0]})") from None
+    return model.to(device).eval(), config

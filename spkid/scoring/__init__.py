@@ -1,0 +1,8 @@
+"""Scoring a trained model; imports spkid.core, data, features, models and report.
+
+    metrics     EER, minDCF, the DET curve
+    trials      which pairs are scored (sampled, or a trial list's)
+    norm        score normalisation: training-mean subtraction, AS-norm
+    embedding   a model on stored views and on recordings (Scoring)
+    evaluation  the metrics of each role and of the unseen speakers
+"""

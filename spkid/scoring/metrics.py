@@ -1,0 +1,100 @@
+"""Speaker-verification metrics: EER, minDCF and the DET curve.
+
+Numpy only, so evaluation does not depend on scikit-learn's version (the tests check against it).
+Convention throughout: labels 1 = target (same speaker), 0 = non-target; a trial is accepted
+as target when its score >= threshold, so a higher score means "more likely the same speaker".
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _check_trials(scores, labels) -> tuple[np.ndarray, np.ndarray]:
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    y = np.asarray(labels).ravel()
+    if s.shape != y.shape:
+        raise ValueError(f"scores and labels differ in length: {s.size} vs {y.size}")
+    if not np.isfinite(s).all():
+        raise ValueError("scores contain NaN or infinite values")
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError("labels must be 0 (non-target) or 1 (target)")
+    y = y.astype(bool)
+    if not y.any():
+        raise ValueError("no target trials (label 1)")
+    if y.all():
+        raise ValueError("no non-target trials (label 0)")
+    return s, y
+
+
+def error_rates(scores, labels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(miss_rate, false_alarm_rate, thresholds) at every distinct score, ascending.
+
+    Threshold t accepts every trial with score >= t, so tied scores are always accepted or
+    rejected together (no operating point splits a tie). The first threshold (the lowest
+    score) accepts everything (miss 0, false alarm 1); one extra final threshold just above
+    the highest score rejects everything (miss 1, false alarm 0), so the curve is complete.
+    """
+    s, y = _check_trials(scores, labels)
+    tar, non = np.sort(s[y]), np.sort(s[~y])
+    thr = np.unique(s)
+    # searchsorted(side="left") counts the scores strictly below each threshold.
+    miss = np.searchsorted(tar, thr, side="left") / tar.size
+    fa = (non.size - np.searchsorted(non, thr, side="left")) / non.size
+    reject_all = np.nextafter(thr[-1], np.inf)
+    return np.append(miss, 1.0), np.append(fa, 0.0), np.append(thr, reject_all)
+
+
+def _eer_index(miss: np.ndarray, fa: np.ndarray) -> int:
+    """First operating point with miss >= false alarm (always >= 1: point 0 has miss 0, fa 1)."""
+    return int(np.argmax(miss >= fa))
+
+
+def eer(scores, labels) -> tuple[float, float]:
+    """(equal error rate as a fraction, threshold where miss == false alarm).
+
+    Miss rises and false alarm falls with the threshold, so they cross once; the crossing is
+    found by linear interpolation between the two operating points around it (the ROC convex
+    segment), which is what interpolating sklearn's roc_curve gives as well.
+    """
+    miss, fa, thr = error_rates(scores, labels)
+    k = _eer_index(miss, fa)
+    d0, d1 = fa[k - 1] - miss[k - 1], fa[k] - miss[k]  # d0 > 0 >= d1
+    alpha = d0 / (d0 - d1)
+    rate = miss[k - 1] + alpha * (miss[k] - miss[k - 1])
+    threshold = thr[k - 1] + alpha * (thr[k] - thr[k - 1])
+    return float(rate), float(threshold)
+
+
+def min_dcf(scores, labels, p_target: float, c_miss: float = 1.0, c_fa: float = 1.0) -> float:
+    """Normalised minimum detection cost function (NIST SRE).
+
+    min over thresholds of c_miss*p_target*P_miss + c_fa*(1-p_target)*P_fa, divided by the cost
+    of the better trivial system, min(c_miss*p_target, c_fa*(1-p_target)). error_rates includes
+    accept-all and reject-all, so the result is <= 1; 0 means perfectly separated scores.
+    """
+    if not 0.0 < p_target < 1.0:
+        raise ValueError(f"p_target must be in (0, 1), got {p_target}")
+    if c_miss <= 0 or c_fa <= 0:
+        raise ValueError("c_miss and c_fa must be positive")
+    miss, fa, _ = error_rates(scores, labels)
+    cost = c_miss * p_target * miss + c_fa * (1.0 - p_target) * fa
+    return float(cost.min() / min(c_miss * p_target, c_fa * (1.0 - p_target)))
+
+
+def det_points(scores, labels, max_points: int = 200) -> dict:
+    """DET/ROC curve downsampled for plotting: {"fpr", "fnr", "threshold"} lists of floats.
+
+    Keeps at most max_points operating points (thresholds ascending): evenly spaced ones, which
+    include both ends, plus the two points either side of the EER crossing.
+    """
+    if max_points < 4:
+        raise ValueError(f"max_points must be >= 4 (two ends + EER region), got {max_points}")
+    miss, fa, thr = error_rates(scores, labels)
+    n = thr.size
+    if n > max_points:
+        k = _eer_index(miss, fa)
+        spaced = np.linspace(0, n - 1, max_points - 2).round().astype(np.int64)
+        keep = np.unique(np.concatenate([spaced, [k - 1, k]]))
+        miss, fa, thr = miss[keep], fa[keep], thr[keep]
+    return {"fpr": fa.tolist(), "fnr": miss.tolist(), "threshold": thr.tolist()}

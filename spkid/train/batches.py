@@ -1,0 +1,86 @@
+"""Turning the contiguous feature array into model batches.
+
+Training batches are a pure function of (seed, step): resuming at step k replays exactly
+the batches an uninterrupted run would have drawn, and worker processes need no state.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from spkid.features.store import FeatureStore
+
+
+class SegmentBatches(torch.utils.data.Dataset):
+    """Item k is training batch k: random crops drawn from the segment index.
+
+    The index has one row per train view with `windows` crop windows `hop` frames apart;
+    a draw picks one window of all (uniformly), then a start inside it. Nothing per window
+    is materialised, so memory grows with the number of views, not frames."""
+
+    def __init__(self, store: FeatureStore, segments, batch_size: int, seed: int, steps: int,
+                 rank: int = 0, world: int = 1, crop_frames: int | None = None,
+                 phase: int = 0):
+        """`crop_frames` overrides the index's segment length (large-margin fine-tuning's
+        longer crops): the same windows, each crop as long as its view allows. A `phase`
+        other than 0 draws from its own random stream."""
+        self.store = store
+        self.pos = store.positions(segments["source_id"])
+        self.start = np.asarray(segments["start_frame"], np.int64)
+        self.length = np.asarray(segments["num_frames"], np.int64)
+        if crop_frames is not None:
+            self.length = np.minimum(crop_frames, np.asarray(segments["view_frames"], np.int64))
+        self.hop = np.asarray(segments["hop"], np.int64)
+        self.last = np.asarray(segments["view_frames"], np.int64) - self.length
+        self.label = np.asarray(segments["speaker_id"], np.int64)
+        windows = np.asarray(segments["windows"], np.int64)
+        self.first_window = np.concatenate([[0], np.cumsum(windows)[:-1]]).astype(np.int64)
+        # Each DDP rank draws from its own share of the windows: every world-th one.
+        self.count = max(0, (int(windows.sum()) - rank + world - 1) // world)
+        if self.count == 0:
+            raise ValueError("the segment index is empty: nothing to train on")
+        self.batch_size = batch_size
+        self.seed, self.steps, self.rank, self.world = seed, steps, rank, world
+        self.stream = [seed, rank] if phase == 0 else [seed, rank, phase]
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __getitem__(self, step: int):
+        rng = np.random.default_rng([*self.stream, step])
+        window = self.rank + self.world * rng.integers(0, self.count, self.batch_size)
+        v = np.searchsorted(self.first_window, window, side="right") - 1
+        offset = (window - self.first_window[v]) * self.hop[v]
+        # A crop starts anywhere up to the next window, and never runs past its view (crops
+        # longer than the index's segments start no later than their view's last start).
+        offset = np.minimum(offset, self.last[v])
+        jitter = np.minimum(self.hop[v] - 1, self.last[v] - offset)
+        start = self.start[v] + offset + (rng.random(self.batch_size) * (jitter + 1)).astype(np.int64)
+        x, mask = self.store.crops(self.pos[v], start, self.length[v])
+        return torch.from_numpy(x), torch.from_numpy(mask), torch.from_numpy(self.label[v])
+
+
+class PhasedBatches(torch.utils.data.Dataset):
+    """The main phase's batches, then large-margin fine-tuning's: item k is batch k of
+    the whole run."""
+
+    def __init__(self, main: SegmentBatches, finetune: SegmentBatches):
+        self.main, self.finetune, self.count = main, finetune, main.count
+
+    def __len__(self) -> int:
+        return len(self.main) + len(self.finetune)
+
+    def __getitem__(self, step: int):
+        return self.main[step] if step < len(self.main) else self.finetune[step - len(self.main)]
+
+
+def training_batches(store: FeatureStore, segments, t, rank: int = 0, world: int = 1):
+    """Batch k of a run with train params `t`: index-length crops for train.steps, then
+    train.finetune.crop_frames crops for train.finetune.steps."""
+    main = SegmentBatches(store, segments, t.batch_size, t.seed, t.steps, rank, world)
+    if not t.finetune.steps:
+        return main
+    return PhasedBatches(main, SegmentBatches(store, segments, t.batch_size, t.seed,
+                                              t.finetune.steps, rank, world,
+                                              crop_frames=t.finetune.crop_frames, phase=1))
