@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 
-def _check_trials(scores, labels) -> tuple[np.ndarray, np.ndarray]:
+def _check_trials(scores, labels, weights=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     s = np.asarray(scores, dtype=np.float64).ravel()
     y = np.asarray(labels).ravel()
     if s.shape != y.shape:
@@ -19,28 +19,38 @@ def _check_trials(scores, labels) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError("scores contain NaN or infinite values")
     if not np.isin(y, (0, 1)).all():
         raise ValueError("labels must be 0 (non-target) or 1 (target)")
-    y = y.astype(bool)
+    w = np.ones(s.size) if weights is None else np.asarray(weights, dtype=np.float64).ravel()
+    if w.shape != s.shape or not (np.isfinite(w) & (w >= 0)).all():
+        raise ValueError("weights must be one finite non-negative number per trial")
+    keep = w > 0  # a trial of weight 0 is not there at all (a bootstrap sample left it out)
+    s, y, w = s[keep], y[keep].astype(bool), w[keep]
     if not y.any():
         raise ValueError("no target trials (label 1)")
     if y.all():
         raise ValueError("no non-target trials (label 0)")
-    return s, y
+    return s, y, w
 
 
-def error_rates(scores, labels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def error_rates(scores, labels, weights=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(miss_rate, false_alarm_rate, thresholds) at every distinct score, ascending.
 
     Threshold t accepts every trial with score >= t, so tied scores are always accepted or
     rejected together (no operating point splits a tie). The first threshold (the lowest
     score) accepts everything (miss 0, false alarm 1); one extra final threshold just above
     the highest score rejects everything (miss 1, false alarm 0), so the curve is complete.
+    `weights` (one per trial, default 1) count a trial that many times, as a bootstrap
+    sample does (spkid.scoring.bootstrap).
     """
-    s, y = _check_trials(scores, labels)
-    tar, non = np.sort(s[y]), np.sort(s[~y])
+    s, y, w = _check_trials(scores, labels, weights)
+    order = np.argsort(s, kind="stable")
+    s, y, w = s[order], y[order], w[order]
     thr = np.unique(s)
-    # searchsorted(side="left") counts the scores strictly below each threshold.
-    miss = np.searchsorted(tar, thr, side="left") / tar.size
-    fa = (non.size - np.searchsorted(non, thr, side="left")) / non.size
+    # Weight of the target and non-target trials strictly below each threshold.
+    below = np.searchsorted(s, thr, side="left")
+    tar = np.concatenate([[0.0], np.cumsum(np.where(y, w, 0.0))])
+    non = np.concatenate([[0.0], np.cumsum(np.where(y, 0.0, w))])
+    miss = tar[below] / tar[-1]
+    fa = (non[-1] - non[below]) / non[-1]
     reject_all = np.nextafter(thr[-1], np.inf)
     return np.append(miss, 1.0), np.append(fa, 0.0), np.append(thr, reject_all)
 
@@ -50,14 +60,14 @@ def _eer_index(miss: np.ndarray, fa: np.ndarray) -> int:
     return int(np.argmax(miss >= fa))
 
 
-def eer(scores, labels) -> tuple[float, float]:
+def eer(scores, labels, weights=None) -> tuple[float, float]:
     """(equal error rate as a fraction, threshold where miss == false alarm).
 
     Miss rises and false alarm falls with the threshold, so they cross once; the crossing is
     found by linear interpolation between the two operating points around it (the ROC convex
     segment), which is what interpolating sklearn's roc_curve gives as well.
     """
-    miss, fa, thr = error_rates(scores, labels)
+    miss, fa, thr = error_rates(scores, labels, weights)
     k = _eer_index(miss, fa)
     d0, d1 = fa[k - 1] - miss[k - 1], fa[k] - miss[k]  # d0 > 0 >= d1
     alpha = d0 / (d0 - d1)
@@ -66,7 +76,8 @@ def eer(scores, labels) -> tuple[float, float]:
     return float(rate), float(threshold)
 
 
-def min_dcf(scores, labels, p_target: float, c_miss: float = 1.0, c_fa: float = 1.0) -> float:
+def min_dcf(scores, labels, p_target: float, c_miss: float = 1.0, c_fa: float = 1.0,
+            weights=None) -> float:
     """Normalised minimum detection cost function (NIST SRE).
 
     min over thresholds of c_miss*p_target*P_miss + c_fa*(1-p_target)*P_fa, divided by the cost
@@ -77,7 +88,7 @@ def min_dcf(scores, labels, p_target: float, c_miss: float = 1.0, c_fa: float = 
         raise ValueError(f"p_target must be in (0, 1), got {p_target}")
     if c_miss <= 0 or c_fa <= 0:
         raise ValueError("c_miss and c_fa must be positive")
-    miss, fa, _ = error_rates(scores, labels)
+    miss, fa, _ = error_rates(scores, labels, weights)
     cost = c_miss * p_target * miss + c_fa * (1.0 - p_target) * fa
     return float(cost.min() / min(c_miss * p_target, c_fa * (1.0 - p_target)))
 
