@@ -22,6 +22,7 @@ from spkid.train import run as train_run
 from spkid.train.batches import training_batches
 from spkid.train.checkpoints import fingerprint
 from spkid.train.loop import train as fit
+from spkid.train.mel_augment import CropAugment
 from spkid.train.validation import Validation
 from stages.common import ParamsOption, exclusive, one_line_errors, summary
 from stages.layout import (CHECKPOINTS, FEATURES, MODEL, SEGMENTS, SPEAKERS, TRAIN_LIVE,
@@ -39,12 +40,15 @@ def train(params: Path = ParamsOption):
     started = time.perf_counter()
     p = load_params(params)
     rank, world, device = distributed.start(p.train.device)
-    store = open_features(FEATURES)
+    store, meta = open_features(FEATURES), read_meta(FEATURES)
     speakers = json.loads(SPEAKERS.read_text())["speakers"]
+    augment = CropAugment.from_params(p.train.augment, meta["features"])
+    classes = augment.classes(speakers) if augment else speakers
     validation = Validation.sample(store, read_views(VIEWS, ["val"])["val"], p.train,
-                                   p.evaluate.batch_frames, speakers)
-    config, model = train_run.new_model(p, store.n_mels, speakers, read_meta(FEATURES), rank)
-    batches = training_batches(store, pq.read_table(SEGMENTS), p.train, rank, world)
+                                   p.evaluate.batch_frames, classes)
+    config, model = train_run.new_model(p, store.n_mels, classes, meta, rank)
+    batches = training_batches(store, pq.read_table(SEGMENTS), p.train, rank, world,
+                               augment=augment, speakers=len(speakers))
     start = train_run.begin(FILES, fingerprint(p, [SEGMENTS, SPEAKERS, VIEWS]),
                             p.train.average_last, rank)
     for note in start.notes:

@@ -179,6 +179,16 @@ SCHEMA: dict[str, Any] = {
                             nullable=True),
             "noise_prob": _f("float", 0.5, "share of segments that get noise", min=0, max=1),
             "snr_db": _f("float_pair", [5.0, 20.0], "[low, high] SNR range for added noise"),
+            "speed": _f("float_list", [], "speed factors drawn on the fly with 1.0, each "
+                        "equally likely; a crop at speed f trains the class <speaker>~sp<f> "
+                        "(WeSpeaker: [0.9, 1.1]; [] = none)", min=0.5, max=2.0),
+            "reverb": _f("float", 0.0, "share of crops put in a generated room", min=0, max=1),
+            "rt60": _f("float_pair", [0.2, 0.8], "[low, high] reverberation time (s) of the "
+                       "generated rooms", above=0, max=3.0),
+            "babble": _f("float", 0.0, "share of crops mixed with babble of 3 to 7 other "
+                         "speakers' crops of the batch (never one that also got a room)",
+                         min=0, max=1),
+            "babble_snr_db": _f("float_pair", [13.0, 20.0], "[low, high] SNR of babble"),
         },
     },
     "evaluate": {
@@ -369,6 +379,12 @@ _CROSS_CHECKS: list[tuple[str, Callable[[dict], bool], str]] = [
      or bool(p["data"]["path"]), "is required when data.source is hw4, audio_dir or kaldi"),
     ("features.augment.speed", lambda p: 1.0 not in p["features"]["augment"]["speed"],
      "must not list 1.0 (the clean utterance is always kept)"),
+    ("train.augment.speed", lambda p: 1.0 not in p["train"]["augment"]["speed"],
+     "must not list 1.0 (the clean speed is always drawn too)"),
+    ("train.augment.babble", lambda p: p["train"]["augment"]["reverb"]
+     + p["train"]["augment"]["babble"] <= 1.0,
+     "train.augment.reverb + train.augment.babble must not exceed 1 (a crop gets one or "
+     "the other)"),
     ("evaluate.asnorm_top_n", lambda p: p["evaluate"]["asnorm_top_n"] != 1,
      "must be 0 (off) or >= 2 (a standard deviation needs two scores)"),
     ("data.url", lambda p: p["data"]["source"] != "url" or bool(p["data"]["url"]),

@@ -10,6 +10,11 @@ import numpy as np
 import torch
 
 from spkid.features.store import FeatureStore
+from spkid.train.mel_augment import CropAugment
+
+# The augmentation of batch k draws from a stream of its own, so switching it on or off
+# changes no crop's position.
+AUGMENT_STREAM = 1
 
 
 class SegmentBatches(torch.utils.data.Dataset):
@@ -21,10 +26,12 @@ class SegmentBatches(torch.utils.data.Dataset):
 
     def __init__(self, store: FeatureStore, segments, batch_size: int, seed: int, steps: int,
                  rank: int = 0, world: int = 1, crop_frames: int | None = None,
-                 phase: int = 0):
+                 phase: int = 0, augment: CropAugment | None = None, speakers: int = 0):
         """`crop_frames` overrides the index's segment length (large-margin fine-tuning's
         longer crops): the same windows, each crop as long as its view allows. A `phase`
-        other than 0 draws from its own random stream."""
+        other than 0 draws from its own random stream. `augment` transforms each batch
+        (spkid.train.mel_augment; `speakers`: how many speaker classes precede the speed
+        classes)."""
         self.store = store
         self.pos = store.positions(segments["source_id"])
         self.start = np.asarray(segments["start_frame"], np.int64)
@@ -32,7 +39,8 @@ class SegmentBatches(torch.utils.data.Dataset):
         if crop_frames is not None:
             self.length = np.minimum(crop_frames, np.asarray(segments["view_frames"], np.int64))
         self.hop = np.asarray(segments["hop"], np.int64)
-        self.last = np.asarray(segments["view_frames"], np.int64) - self.length
+        self.end = self.start + np.asarray(segments["view_frames"], np.int64)
+        self.last = self.end - self.start - self.length
         self.label = np.asarray(segments["speaker_id"], np.int64)
         windows = np.asarray(segments["windows"], np.int64)
         self.first_window = np.concatenate([[0], np.cumsum(windows)[:-1]]).astype(np.int64)
@@ -43,6 +51,7 @@ class SegmentBatches(torch.utils.data.Dataset):
         self.batch_size = batch_size
         self.seed, self.steps, self.rank, self.world = seed, steps, rank, world
         self.stream = [seed, rank] if phase == 0 else [seed, rank, phase]
+        self.augment, self.speakers = augment, speakers
 
     def __len__(self) -> int:
         return self.steps
@@ -57,8 +66,19 @@ class SegmentBatches(torch.utils.data.Dataset):
         offset = np.minimum(offset, self.last[v])
         jitter = np.minimum(self.hop[v] - 1, self.last[v] - offset)
         start = self.start[v] + offset + (rng.random(self.batch_size) * (jitter + 1)).astype(np.int64)
-        x, mask = self.store.crops(self.pos[v], start, self.length[v])
-        return torch.from_numpy(x), torch.from_numpy(mask), torch.from_numpy(self.label[v])
+        if self.augment is None:
+            x, mask = self.store.crops(self.pos[v], start, self.length[v])
+            return torch.from_numpy(x), torch.from_numpy(mask), torch.from_numpy(self.label[v])
+        aug = np.random.default_rng([*self.stream, step, AUGMENT_STREAM])
+        speeds = self.augment.draw_speeds(aug, self.batch_size)
+        # A faster crop reads more stored frames: moved back where its view ends too soon.
+        need = self.augment.source_frames(speeds, self.length[v])
+        start = np.maximum(self.start[v], np.minimum(start, self.end[v] - need))
+        read = np.minimum(need, self.end[v] - start)
+        x, _ = self.store.crops(self.pos[v], start, read)
+        x, mask, label = self.augment(x, read, speeds, self.length[v], self.label[v],
+                                      self.speakers, aug)
+        return torch.from_numpy(x), torch.from_numpy(mask), torch.from_numpy(label)
 
 
 class PhasedBatches(torch.utils.data.Dataset):
@@ -75,12 +95,16 @@ class PhasedBatches(torch.utils.data.Dataset):
         return self.main[step] if step < len(self.main) else self.finetune[step - len(self.main)]
 
 
-def training_batches(store: FeatureStore, segments, t, rank: int = 0, world: int = 1):
+def training_batches(store: FeatureStore, segments, t, rank: int = 0, world: int = 1, *,
+                     augment: CropAugment | None = None, speakers: int = 0):
     """Batch k of a run with train params `t`: index-length crops for train.steps, then
-    train.finetune.crop_frames crops for train.finetune.steps."""
-    main = SegmentBatches(store, segments, t.batch_size, t.seed, t.steps, rank, world)
+    train.finetune.crop_frames crops for train.finetune.steps, each phase augmented by
+    `augment` (`speakers`: the number of speaker classes)."""
+    main = SegmentBatches(store, segments, t.batch_size, t.seed, t.steps, rank, world,
+                          augment=augment, speakers=speakers)
     if not t.finetune.steps:
         return main
     return PhasedBatches(main, SegmentBatches(store, segments, t.batch_size, t.seed,
                                               t.finetune.steps, rank, world,
-                                              crop_frames=t.finetune.crop_frames, phase=1))
+                                              crop_frames=t.finetune.crop_frames, phase=1,
+                                              augment=augment, speakers=speakers))
