@@ -8,7 +8,7 @@ hop 160) and reads them back with a map-style Dataset that `torch.load`s one fil
 and crops 128 frames, through a DataLoader with 2 workers and batch 32.
 
 - features: decode + log-mel + write, in audio seconds per wall second: the reference's
-  per-file loop against spkid's `features` path (`manifest_to_shards`, every core).
+  per-file loop against spkid's `features` path (`write_blocks`, every core).
 - loader: training segments (128 frames) per second, the loader alone: the reference's
   Dataset + DataLoader against spkid's `SegmentBatches` over the memory-mapped shards.
 
@@ -29,7 +29,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,14 +68,21 @@ def features_reference(folder: Path, out: Path) -> dict:
 
 
 def features_spkid(folder: Path, out: Path, workers: int) -> dict:
-    from spkid.features.blocks import BlockJob, manifest_to_shards
+    from dataclasses import asdict
+
+    import pyarrow as pa
+
+    from spkid.data.manifest import SCHEMA
+    from spkid.features.blocks import plan_blocks, write_blocks
+    from spkid.features.extract import BlockJob
     from spkid.features.logmel import LogMelExtractor
     rows = audio_rows(folder)
+    manifest = pa.Table.from_pylist([asdict(r) for r in rows], schema=SCHEMA)
     extractor = LogMelExtractor()
     job = BlockJob(str(folder / "manifest.parquet"), {"format": "audio"}, extractor.config(),
                    str(out), {"features": extractor.config()}, "float32", 1, 0.0, "pad")
     started = time.perf_counter()
-    manifest_to_shards(rows, job, shard_size=512, workers=workers, progress=False)
+    write_blocks(manifest, job, plan_blocks(manifest, 512, {}), workers=workers, progress=False)
     wall = time.perf_counter() - started
     return {"wall_s": wall, "audio_s": sum(r.duration for r in rows),
             "audio_s_per_s": sum(r.duration for r in rows) / wall}
@@ -114,7 +120,7 @@ def loader_reference(folder: Path, batches: int) -> dict:
     loader = torch.utils.data.DataLoader(data, batch_size=BATCH, shuffle=True, num_workers=2,
                                          drop_last=True, collate_fn=_collate,
                                          persistent_workers=True)
-    seen, started, it = 0, None, None
+    seen, started = 0, None
     while seen < batches:
         for x, _ in loader:  # an epoch is short: loop over epochs as training does
             if started is None:  # the clock starts once the workers are up
@@ -128,15 +134,19 @@ def loader_reference(folder: Path, batches: int) -> dict:
 
 
 def loader_spkid(folder: Path, batches: int) -> dict:
+    import pyarrow as pa
+
     from spkid.data.segments import segment_index
+    from spkid.data.views import label_views
     from spkid.features.store import open_features
     from spkid.train.batches import SegmentBatches
     store = open_features(folder)
-    catalog = [{"utterance_id": u, "source_id": u, "speaker": "s", "role": "train",
-                "start_frame": 0, "num_frames": int(n)}
-               for u, n in zip(store.ids.to_pylist(), store.length)]
-    rows = segment_index(catalog, ["s"], SEGMENT)
-    segments = {k: [r[k] for r in rows] for k in rows[0]}
+    views = pa.table({"utterance_id": store.ids, "source_id": store.ids,
+                      "speaker": pa.array(["s"] * len(store.ids)),
+                      "role": pa.array(["train"] * len(store.ids)),
+                      "start_frame": pa.array([0] * len(store.ids), pa.int64()),
+                      "num_frames": pa.array(store.length)})
+    segments = segment_index(label_views(views, ["s"]), SEGMENT)
     data = SegmentBatches(store, segments, BATCH, seed=0, steps=batches + 1)
     loader = torch.utils.data.DataLoader(data, batch_size=None, num_workers=0)
     started = None

@@ -2,7 +2,7 @@
 cross-validation, a clean and a mismatched test, and bootstrap intervals.
 
     python bench/unseen_cv.py ../shared/data/librispeech-125 --steps 2400 --folds 5
-    python bench/unseen_cv.py ../shared/data/librispeech-125 --steps 2400 --only "on-the-fly" \
+    python bench/unseen_cv.py ../shared/data/librispeech-125 --steps 2400 --only "on the fly (spkid recipe verification)" \
         --out bench/unseen-cv.json          # adds rows to an earlier run's results
     python bench/unseen_cv.py --table bench/unseen-cv.json
 
@@ -47,10 +47,13 @@ from spkid.features.waveform import add_noise, reverberate, room_impulse_respons
 from spkid.scoring.bootstrap import interval, speaker_weights  # noqa: E402
 from spkid.scoring.metrics import eer, min_dcf  # noqa: E402
 
-# name -> param overrides
+# name -> param overrides. The stored-copies row (issue 9's verification recipe: speed
+# copies at 0.9 and 1.1 as new speakers, a reverberant and a babble copy of each, stored by
+# `features`) ran at commit 4103229, the last with stored copies, with these overrides:
+# features.augment.speed [0.9, 1.1], features.augment.copies 2, kinds [reverb, noise].
 CONFIGS = {
     "default": {},
-    "stored copies (spkid recipe verification)": dict(RECIPES["verification"]),
+    "on the fly (spkid recipe verification)": dict(RECIPES["verification"]),
 }
 PROTOCOL = {"data.source": "audio_dir", "index.split_by": "time", "index.val_fraction": 0.1,
             "index.test_fraction": 0.1, "index.trial_seconds": 1.0, "data.min_seconds": 0.5,

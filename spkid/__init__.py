@@ -5,7 +5,7 @@ aside as noted), which tests/test_architecture.py checks:
 
     core      plumbing: errors, params, atomic writes, locks, seeding, device, ranks
     data      where utterances come from, the split and the segment index
-    features  log-mels, the Parquet feature store, waveform augmentation
+    features  log-mels, the Parquet feature store and its incremental writer
     models    encoders, poolings, heads, model folders, the embedding loop
     report    pictures and the report page (core only)
     train     the training loop and everything a run carries    (not scoring, serve)

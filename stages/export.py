@@ -41,7 +41,7 @@ def export(params: Path = ParamsOption):
     norm = ScoreNorm.load(SCORE_NORM)
     threshold = shipped_threshold(scores, norm.kind)
     with atomic_dir(EXPORT) as tmp:
-        write_submission(tmp / SUBMISSION.name, submit["utterance_id"], predicted)
+        write_submission(tmp / SUBMISSION.name, submit["utterance_id"].to_pylist(), predicted)
         state = {k: v.cpu() for k, v in model.state_dict().items()}
         save_model_dir(tmp / EXPORT_MODEL.name, state, {
             **config, "eer_threshold": threshold, "threshold_from": "val EER",

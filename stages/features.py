@@ -1,12 +1,14 @@
 """features: manifest -> log-mel Parquet shards (data/features/shard-*.parquet + summary.json).
 
-`features.workers` processes share the work on one machine; under `torchrun` each rank
-(on any machine sharing the repository's file system) writes the shards of its own blocks
-of the manifest, and the result is byte for byte what one process writes."""
+The folder is kept between runs (DVC `persist`): a run writes only the blocks that are
+missing or stale and removes the ones no longer wanted (spkid.features.blocks), so a run
+that was killed resumes, and one after a change to some utterances redoes their blocks
+alone. `features.workers` processes share the work on one machine; under `torchrun` each
+rank (on any machine sharing the repository's file system) writes its share of the
+blocks, and the result is byte for byte what one process writes."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from pathlib import Path
@@ -14,12 +16,10 @@ from pathlib import Path
 import typer
 
 from spkid.core import distributed
-from spkid.core.atomic import atomic_dir, write_json
-from spkid.core.errors import DataError
 from spkid.core.params import load_params
-from spkid.data.manifest import read_manifest
-from spkid.features import copies
-from spkid.features.blocks import BlockJob, manifest_to_shards, write_copies
+from spkid.data.manifest import read_manifest_table
+from spkid.features.blocks import FeatureFolder, plan_blocks, write_blocks
+from spkid.features.extract import BlockJob
 from spkid.features.logmel import LogMelExtractor
 from stages.common import ParamsOption, exclusive, one_line_errors, summary
 from stages.layout import FEATURES, MANIFEST
@@ -35,39 +35,27 @@ def features(params: Path = ParamsOption):
     started = time.perf_counter()
     p = load_params(params)
     rank, world, _ = distributed.start("cpu")
-    rows, meta = read_manifest(MANIFEST)
+    manifest, meta = read_manifest_table(MANIFEST)
     extractor = LogMelExtractor.from_params(p.features)
-    precomputed = meta.get("format") == "hw4"
-    shard_meta = {"features": extractor.config(), "precomputed": precomputed,
+    shard_meta = {"features": extractor.config(), "precomputed": meta.get("format") == "hw4",
                   "dtype": p.features.dtype, "source": meta}
-    augment = copies.enabled(p.features.augment)
-    if augment:
-        if precomputed:
-            raise DataError("features.augment: the hw4 data are precomputed log-mels, so there "
-                            "is no audio to augment (set copies: 0 and speed: [])")
-        shard_meta["augment"] = p.features.augment.to_dict()
+    job = BlockJob(str(MANIFEST), meta, extractor.config(), str(FEATURES), shard_meta,
+                   p.features.dtype, p.features.batch_size, p.data.min_seconds, p.data.short)
+    job.check()
+    blocks = plan_blocks(manifest, p.features.shard_size, {
+        **shard_meta, "min_seconds": p.data.min_seconds, "short": p.data.short})
+    folder = FeatureFolder(FEATURES, blocks)
+    missing = distributed.broadcast(folder.prepare() if rank == 0 else None, world)
     workers = p.features.workers or os.cpu_count() or 1
-    with (atomic_dir(FEATURES) if rank == 0 else contextlib.nullcontext()) as tmp:
-        folder = distributed.broadcast(str(tmp), world)
-        job = BlockJob(str(MANIFEST), meta, extractor.config(), folder, shard_meta,
-                       p.features.dtype, p.features.batch_size, p.data.min_seconds, p.data.short)
-        mine = manifest_to_shards(rows, job, shard_size=p.features.shard_size, workers=workers,
-                                  rank=rank, world=world, progress=rank == 0)
-        stats = {k: sum(s[k] for s in distributed.gather(mine, world)) for k in mine}
-        if augment:  # every rank's clean shards are written: split them as `index` will
-            mine = write_copies(rows, job, p, workers=workers, rank=rank,
-                                             world=world, progress=rank == 0)
-            extra = {k: sum(s[k] for s in distributed.gather(mine, world)) for k in mine}
-            stats.update(augmented=extra["utterances"], augmented_frames=extra["frames"],
-                         shards=stats["shards"] + extra["shards"])
-        if rank == 0:
-            write_json(Path(folder) / "summary.json", {
-                **stats, "hours": stats["frames"] * extractor.hop_length / extractor.sample_rate / 3600,
-                **shard_meta})
-        distributed.finish(world)  # every rank's shards are written before the rename
+    write_blocks(manifest, job, missing[rank::world], workers=workers, progress=rank == 0)
+    distributed.finish(world)  # every rank's blocks are written before the folder is sealed
     if rank == 0:
-        summary("features", f"{stats['utterances']} utterances, {stats['frames']} frames"
-                + (f" + {stats['augmented']} augmented copies" if augment else "")
-                + f" in {stats['shards']} shards ({p.features.dtype}; short: {stats['skipped_short']} "
-                f"skipped, {stats['padded']} padded; {min(workers, stats['shards']) or 1} "
-                f"workers x {world} ranks)", time.perf_counter() - started)
+        stats = folder.finish()
+        folder.seal({**stats, "blocks": len(blocks), "hours": stats["frames"]
+                     * extractor.hop_length / extractor.sample_rate / 3600, **shard_meta})
+        summary("features", f"{stats['utterances']} utterances, {stats['frames']} frames in "
+                f"{stats['shards']} shards of {len(blocks)} blocks, {len(missing)} written, "
+                f"{len(blocks) - len(missing)} kept ({p.features.dtype}; short: "
+                f"{stats['skipped_short']} skipped, {stats['padded']} padded; "
+                f"{min(workers, max(1, len(missing)))} workers x {world} ranks)",
+                time.perf_counter() - started)

@@ -1,8 +1,10 @@
+import json
 import os
 import subprocess
 import sys
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from spkid.features.logmel import (CHUNK_FRAMES, LOG_FLOOR, LOG_STEP, LogMelExtractor,
@@ -124,8 +126,13 @@ def test_threads_inside_a_block_write_the_same_bytes(tmp_path, suffix):
     """One block, 1 or 3 workers (threads then): byte-identical shards, rows in manifest
     order, short recordings skipped and counted the same; m4a (decoded by PyAV) and a
     span of a recording (a Kaldi segment) as well as whole WAV files."""
-    from spkid.data.manifest import ManifestRow
-    from spkid.features.blocks import BlockJob, manifest_to_shards
+    from dataclasses import asdict
+
+    import pyarrow as pa
+
+    from spkid.data.manifest import SCHEMA, ManifestRow
+    from spkid.features.blocks import Block, write_blocks
+    from spkid.features.extract import BlockJob
     from test_sources_stage import write_audio
     if suffix == ".m4a":
         pytest.importorskip("av")
@@ -136,12 +143,16 @@ def test_threads_inside_a_block_write_the_same_bytes(tmp_path, suffix):
         write_audio(path, (0.1 * rng.standard_normal(int(seconds * 16000))).astype(np.float32), 16000)
         rows.append(ManifestRow(f"u{k}", "s", str(path), duration=seconds))
     rows.append(ManifestRow("u3-span", "s", rows[3].path, duration=1.0, start=0.6, end=1.6))
+    manifest = pa.Table.from_pylist([asdict(r) for r in rows], schema=SCHEMA)
     ext = LogMelExtractor()
     out = {}
     for workers in (1, 3):
         job = BlockJob(str(tmp_path / "manifest.parquet"), {"format": "audio"}, ext.config(),
                        str(tmp_path / f"w{workers}"), {}, "float32", 2, 0.5, "skip")
-        out[workers] = manifest_to_shards(rows, job, shard_size=100, workers=workers, progress=False)
-    assert out[1] == out[3] and out[1]["skipped_short"] == 2 and out[1]["utterances"] == 6
-    a, b = (next((tmp_path / f"w{w}").glob("shard-*.parquet")).read_bytes() for w in (1, 3))
-    assert a == b
+        out[workers] = write_blocks(manifest, job, [Block(0, 0, len(rows), "0" * 64)],
+                                    workers=workers, progress=False)
+    assert out[1] == out[3] and out[1]["utterances"] == 6
+    a, b = (next((tmp_path / f"w{w}").glob("shard-*.parquet")) for w in (1, 3))
+    assert a.read_bytes() == b.read_bytes()
+    meta = json.loads(pq.read_schema(a).metadata[b"spkid"])
+    assert meta["last"] and meta["stats"]["skipped_short"] == 2 and meta["stats"]["utterances"] == 6

@@ -1,11 +1,38 @@
 from collections import Counter, defaultdict
 
+import pyarrow as pa
 import pytest
 
+import split_reference
 from segment_windows import crop_windows
 from spkid.core.errors import DataError
-from spkid.data.segments import segment_index
-from spkid.data.views import SplitConfig, label_views, speaker_table, split_views
+from spkid.data import segments as segments_module
+from spkid.data import views as views_module
+from spkid.data.views import SplitConfig
+
+CATALOG = pa.schema([("utterance_id", pa.string()), ("speaker", pa.string()),
+                     ("role", pa.string()), ("num_frames", pa.int32())])
+
+
+def split_views(cat: list[dict], cfg) -> list[dict]:
+    return views_module.split_views(pa.Table.from_pylist(cat, schema=CATALOG), cfg).to_pylist()
+
+
+def as_table(views: list[dict]) -> pa.Table:
+    return pa.Table.from_pylist(views, schema=views_module.SPLIT_SCHEMA)
+
+
+def speaker_table(views: list[dict]) -> list[str]:
+    return views_module.speaker_table(as_table(views))
+
+
+def label_views(views: list[dict], speakers) -> list[dict]:
+    return views_module.label_views(as_table(views), speakers).to_pylist()
+
+
+def segment_index(views: list[dict], speakers, segment_len: int) -> list[dict]:
+    labelled = views_module.label_views(as_table(views), speakers)
+    return segments_module.segment_index(labelled, segment_len).to_pylist()
 
 
 def catalog(speakers=5, per_speaker=10, frames=300, submit=4):
@@ -88,4 +115,30 @@ def test_speaker_table_and_labels():
     assert {v["speaker_id"] for v in labelled if v["role"] == "submit"} == {-1}
     assert all(speakers[v["speaker_id"]] == v["speaker"] for v in labelled if v["role"] != "submit")
     with pytest.raises(DataError, match="s9"):
-        speaker_table([{"speaker": "s9", "role": "val"}, {"speaker": "s1", "role": "train"}])
+        speaker_table([{"utterance_id": "a", "source_id": "a", "speaker": "s9", "role": "val",
+                        "start_frame": 0, "num_frames": 5},
+                       {"utterance_id": "b", "source_id": "b", "speaker": "s1", "role": "train",
+                        "start_frame": 0, "num_frames": 5}])
+
+
+@pytest.mark.parametrize("split_by", ["utterance", "time"])
+def test_the_columnar_split_is_the_row_by_row_one(split_by):
+    """Views and segments equal, in order and value, what spkid computed one dict per view
+    (tests/split_reference.py) on random catalogs."""
+    for seed in range(25):
+        cat = split_reference.random_catalog(seed)
+        cfg = SplitConfig(0.2, 0.15, seed, split_by=split_by, trial_frames=40)
+        want = split_reference.split_views(cat, cfg)
+        assert split_views(cat, cfg) == want
+        speakers = sorted({v["speaker"] for v in want if v["role"] == "train"})
+        assert segment_index(want, speakers, 48) == split_reference.segment_index(want, speakers, 48)
+
+
+def test_bad_catalog_rows_are_named():
+    with pytest.raises(DataError, match="utterance u2: unexpected role 'augment'"):
+        split_views([{"utterance_id": "u1", "speaker": "a", "role": None, "num_frames": 9},
+                     {"utterance_id": "u2", "speaker": "a", "role": "augment", "num_frames": 9}],
+                    SplitConfig(0.1, 0.1, 0))
+    with pytest.raises(DataError, match="utterance u1 is labelled but has no speaker"):
+        split_views([{"utterance_id": "u1", "speaker": None, "role": None, "num_frames": 9}],
+                    SplitConfig(0.1, 0.1, 0))

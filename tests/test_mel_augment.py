@@ -108,3 +108,21 @@ def test_augmented_batches_are_a_pure_function_of_seed_and_step():
         xs, ms, ys = fast[step]
         assert torch.equal(fast[step][0], xs) and ys.max() < 3 * SPEAKERS
         assert xs.shape[2] == N_MELS and (ms.sum(1) <= 32).all()
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"speed": [0.9, 1.0]}, "1.0"),
+    ({"speed": [3.0]}, "must be finite, >= 0.5 and <= 2"),
+    ({"rt60": [0.0, 0.5]}, "must be finite, > 0 and <= 3"),
+    ({"reverb": 0.7, "babble": 0.5}, "must not exceed 1"),
+    ({"babble": 1.5}, "must be <= 1"),
+])
+def test_bad_augment_params_name_the_key(bad, message):
+    with pytest.raises(Exception, match=message) as err:
+        validate_params({"train": {"augment": bad}})
+    assert f"train.augment.{list(bad)[-1]}" in str(err.value)
+
+
+def test_old_stored_copies_params_say_where_augmentation_went():
+    with pytest.raises(Exception, match="features.augment.*train.augment"):
+        validate_params({"features": {"augment": {"copies": 2}}})

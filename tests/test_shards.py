@@ -15,10 +15,10 @@ def make_items(n=7, mels=5, seed=0):
 
 def write_blocks(folder, items, block_size, dtype="float32", **kw):
     for b in range(0, len(items), block_size):
-        w = ShardWriter(folder, b // block_size, {"features": {"n_mels": 5}}, dtype, **kw)
+        w = ShardWriter(folder, f"{b // block_size:05d}", {"features": {"n_mels": 5}}, dtype, **kw)
         for uid, spk, role, f in items[b:b + block_size]:
             w.add(uid, spk, role, f)
-        w.flush()
+        w.finish({"utterances": len(items[b:b + block_size])})
 
 
 def test_round_trip_across_shards_is_memory_mapped(tmp_path):
@@ -27,7 +27,8 @@ def test_round_trip_across_shards_is_memory_mapped(tmp_path):
     assert [p.name for p in shard_paths(tmp_path)] == [
         "shard-00000-000.parquet", "shard-00001-000.parquet", "shard-00002-000.parquet"]
     assert pq.read_schema(shard_paths(tmp_path)[0]).remove_metadata() == schema("float32")
-    assert read_meta(tmp_path) == {"features": {"n_mels": 5}}
+    assert read_meta(tmp_path) == {"features": {"n_mels": 5}, "part": 0, "last": True,
+                                   "stats": {"utterances": 3}}
     cat = read_catalog(tmp_path).to_pylist()
     assert [(c["utterance_id"], c["speaker"], c["role"], c["num_frames"]) for c in cat] == \
         [(u, s, r, len(f)) for u, s, r, f in items]
@@ -70,7 +71,7 @@ def test_float16_halves_the_values_and_reads_back_as_float32(tmp_path):
 
 
 def test_float16_overflow_is_refused_by_name(tmp_path):
-    w = ShardWriter(tmp_path, 0, {}, "float16")
+    w = ShardWriter(tmp_path, "00000", {}, "float16")
     with pytest.raises(DataError, match="u-big.*NaN or inf.*float16"):
         w.add("u-big", "s", None, np.full((2, 5), 1e6, np.float32))
 
@@ -80,13 +81,15 @@ def test_a_large_block_is_split_into_parts(tmp_path):
     write_blocks(tmp_path, items, 6, max_part_bytes=2 * 12 * 5 * 4)
     names = [p.name for p in shard_paths(tmp_path)]
     assert len(names) > 1 and all(n.startswith("shard-00000-") for n in names)
+    lasts = [pq.read_schema(p).metadata[b"spkid"] for p in shard_paths(tmp_path)]
+    assert [b'"last": true' in m for m in lasts] == [False] * (len(names) - 1) + [True]
     store = open_features(tmp_path)
     for i, (_, _, _, f) in enumerate(items):
         np.testing.assert_array_equal(store.matrix(i), f)
 
 
 def test_rejects_non_finite_and_bad_shapes(tmp_path):
-    w = ShardWriter(tmp_path, 0, {})
+    w = ShardWriter(tmp_path, "00000", {})
     bad = np.ones((4, 5), np.float32)
     bad[2, 1] = np.nan
     with pytest.raises(DataError, match="u-nan.*NaN"):
@@ -131,12 +134,12 @@ def test_missing_shards_named(tmp_path):
 
 def test_crash_leaves_no_partial_shard(tmp_path, monkeypatch):
     import spkid.features.store as shards
-    w = ShardWriter(tmp_path, 0, {})
+    w = ShardWriter(tmp_path, "00000", {})
     w.add("a", "s", None, np.ones((3, 2), np.float32))
 
     def explode(*a, **k):
         raise OSError("disk full")
     monkeypatch.setattr(shards.pq, "write_table", explode)
     with pytest.raises(OSError):
-        w.flush()
+        w.finish()
     assert list(tmp_path.iterdir()) == []  # no shard, no temporary file

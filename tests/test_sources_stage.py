@@ -276,7 +276,8 @@ def test_audio_dir_download_short_counts_and_submit(project, tmp_path, capsys):
     assert "1 padded" in out
 
 
-def test_corrupt_audio_fails_features_and_keeps_the_old_shards(project, tmp_path, capsys):
+def test_corrupt_audio_is_named_by_download_and_by_features_when_it_must_decode(
+        project, tmp_path, capsys):
     data = make_audio_dir(tmp_path / "audio", speakers=2, per_speaker=4)
     write_params(project / "params.yaml", {
         "data": {"source": "audio_dir", "path": str(data)},
@@ -284,19 +285,29 @@ def test_corrupt_audio_fails_features_and_keeps_the_old_shards(project, tmp_path
     ok("download", capsys)
     ok("features", capsys)
     before = snapshot(project / "data/features")
-    # Corrupt a file in the middle after the download stage checked it.
+    # Corrupt a file in the middle after the download stage checked it. The manifest does
+    # not know: features has nothing to redo and leaves its shards untouched.
     victim = data / "spk1" / "01.wav"
     victim.write_bytes(b"RIFF" + os.urandom(2000))
-    line = fail("features", capsys)
-    assert str(victim) in line
-    assert snapshot(project / "data/features") == before
-    # No temporary left behind; the stage lock's file stays (it holds no lock).
-    assert sorted(p.name for p in (project / "data").iterdir()) == [".spkid.lock", "features", "raw"]
-    # ...and the download stage names it too, leaving data/raw alone.
+    assert "0 written, 8 kept" in ok("features", capsys)
+    after = snapshot(project / "data/features")
+    assert {k: v for k, v in after.items() if k.startswith("shard-")} == \
+        {k: v for k, v in before.items() if k.startswith("shard-")}
+    # The download stage sees the change and names the file, leaving data/raw alone.
     raw = snapshot(project / "data/raw")
     line = fail("download", capsys)
     assert str(victim) in line
     assert snapshot(project / "data/raw") == raw
+    # A features run that must decode it again fails naming it, and leaves the folder
+    # marked unfinished (readers refuse it) with no temporary behind.
+    write_params(project / "params.yaml", {
+        "data": {"source": "audio_dir", "path": str(data)},
+        "features": {"shard_size": 1, "batch_size": 1, "n_mels": 32}})
+    line = fail("features", capsys)
+    assert str(victim) in line
+    assert "a features run did not finish" in fail("index", capsys)
+    assert sorted(p.name for p in (project / "data").iterdir()) == [".spkid.lock", "features", "raw"]
+    assert not [p for p in (project / "data/features").iterdir() if p.name.startswith(".")]
 
 
 @pytest.mark.parametrize("value,message", [

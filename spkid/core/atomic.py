@@ -78,18 +78,27 @@ def remove_stale_temporaries(path: str | Path) -> list[Path]:
 
     Only names of exactly that shape are touched: a user's `.features.backup` stays."""
     path = Path(path)
-    start = f".{path.name}."
-    shape = re.compile(re.escape(start) + r"(\d+)-([A-Za-z0-9]*)\.[a-z0-9_]+\.(?:tmp|old)")
+    return _remove_dead(path.parent, re.escape(f".{path.name}."))
+
+
+def remove_dead_temporaries(folder: str | Path) -> list[Path]:
+    """remove_stale_temporaries for the temporaries of every file in `folder` (what
+    writers of files inside it that were killed outright left)."""
+    return _remove_dead(Path(folder), r"\..+?\.")
+
+
+def _remove_dead(folder: Path, target: str) -> list[Path]:
+    shape = re.compile(target + r"(\d+)-([A-Za-z0-9]*)\.[a-z0-9_]+\.(?:tmp|old)")
     try:
-        names = [n for n in os.listdir(path.parent) if n.startswith(start)]
-    except OSError:  # no parent yet, or unreadable: then there is nothing of ours to clean
+        names = [n for n in os.listdir(folder) if n.startswith(".")]
+    except OSError:  # no folder yet, or unreadable: then there is nothing of ours to clean
         return []
     removed = []
     for name in names:
         found = shape.fullmatch(name)
         if found and found[2] == _HOST and not _running(int(found[1])):
-            _remove(path.parent / name)
-            removed.append(path.parent / name)
+            _remove(folder / name)
+            removed.append(folder / name)
     return removed
 
 

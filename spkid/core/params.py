@@ -81,22 +81,6 @@ SCHEMA: dict[str, Any] = {
         "workers": _f("int", 0, "parallel feature workers on this machine: processes over "
                       "blocks, threads within one (0 = one per CPU core)",
                       min=0),
-        "augment": {
-            "copies": _f("int", 0, "reverb/noise copies of each training utterance (and of each "
-                         "speed copy), stored beside it (0 = none)", min=0),
-            "kinds": _f("str_list", ["reverb", "noise"], "what copy k gets: kinds[k % len]",
-                        choices=("reverb", "noise")),
-            "speed": _f("float_list", [], "speed factors; each adds a copy of every training "
-                        "utterance as a new speaker (WeSpeaker: [0.9, 1.1]; [] = none)",
-                        min=0.5, max=2.0),
-            "rt60": _f("float_pair", [0.2, 0.8], "[low, high] reverberation time (s) of the "
-                       "generated rooms", above=0, max=3.0),
-            "noise_dir": _f("str", None, "folder of noise recordings for noise copies (null = "
-                            "babble of other training speakers)", nullable=True),
-            "snr_db": _f("float_pair", [0.0, 15.0], "[low, high] SNR of noise_dir noise"),
-            "babble_snr_db": _f("float_pair", [13.0, 20.0], "[low, high] SNR of babble"),
-            "seed": _f("int", 0, "seed of the copies' rooms, noises and SNRs", min=0),
-        },
     },
     "index": {
         "segment_len": _f("int", 64, "training segment length (frames)", min=8),
@@ -214,6 +198,13 @@ SCHEMA: dict[str, Any] = {
 }
 
 
+# Keys an earlier spkid had, and what replaces them.
+MOVED = {
+    "features.augment": "augmentation is done on the fly on training crops, with train.augment "
+                        "(speed, reverb, rt60, babble, babble_snr_db; spkid recipe verification)",
+}
+
+
 def _check(path: str, field: Field, value: Any) -> Any:
     def fail(why: str) -> ParamsError:
         allowed = f" (allowed: {', '.join(map(str, field.choices))})" if field.choices else ""
@@ -305,7 +296,10 @@ def _validate(schema: dict, raw: Any, prefix: str) -> dict:
         raise ParamsError(f"params: {where} must be a mapping of keys, got {type(raw).__name__}")
     unknown = sorted(set(raw) - set(schema))
     if unknown:
-        raise ParamsError(f"params: unknown key {prefix}{unknown[0]} "
+        key = prefix + unknown[0]
+        if key in MOVED:
+            raise ParamsError(f"params: {key} is gone: {MOVED[key]}")
+        raise ParamsError(f"params: unknown key {key} "
                           f"(allowed under {where}: {', '.join(schema)})")
     out = {}
     for key, spec in schema.items():
@@ -377,8 +371,6 @@ _CROSS_CHECKS: list[tuple[str, Callable[[dict], bool], str]] = [
      "feature (fewer mels, a larger features.n_fft or a wider frequency range)"),
     ("data.path", lambda p: p["data"]["source"] not in ("hw4", "audio_dir", "kaldi")
      or bool(p["data"]["path"]), "is required when data.source is hw4, audio_dir or kaldi"),
-    ("features.augment.speed", lambda p: 1.0 not in p["features"]["augment"]["speed"],
-     "must not list 1.0 (the clean utterance is always kept)"),
     ("train.augment.speed", lambda p: 1.0 not in p["train"]["augment"]["speed"],
      "must not list 1.0 (the clean speed is always drawn too)"),
     ("train.augment.babble", lambda p: p["train"]["augment"]["reverb"]

@@ -22,7 +22,7 @@ DVC re-runs everything downstream.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -74,7 +74,9 @@ def write_manifest(path: str | Path, rows: list[ManifestRow], meta: dict) -> Non
         pq.write_table(table, tmp)
 
 
-def read_manifest(path: str | Path) -> tuple[list[ManifestRow], dict]:
+def read_manifest_table(path: str | Path) -> tuple[pa.Table, dict]:
+    """The manifest as a table of every SCHEMA column (columns an older spkid did not write
+    are null), and its metadata."""
     path = Path(path)
     if not path.exists():
         raise StaleInputError(f"{path}: manifest not found", path)
@@ -83,9 +85,15 @@ def read_manifest(path: str | Path) -> tuple[list[ManifestRow], dict]:
     if missing:
         raise DataError(f"{path}: not a spkid manifest (missing columns {sorted(missing)})")
     meta = json.loads((table.schema.metadata or {}).get(b"spkid", b"{}"))
-    names = [f.name for f in fields(ManifestRow)]
-    rows = [ManifestRow(**{k: d.get(k) for k in names}) for d in table.to_pylist()]
-    return rows, meta
+    table = pa.table({f.name: table[f.name] if f.name in table.column_names
+                      else pa.nulls(len(table), f.type) for f in SCHEMA}, schema=SCHEMA)
+    return table, meta
+
+
+def read_manifest(path: str | Path) -> tuple[list[ManifestRow], dict]:
+    """The manifest as rows: for the small ones (verification audio, tests)."""
+    table, meta = read_manifest_table(path)
+    return [ManifestRow(**d) for d in table.to_pylist()], meta
 
 
 def resolve(manifest_path: str | Path, row: ManifestRow) -> Path:

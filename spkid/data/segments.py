@@ -8,9 +8,9 @@ from it starts anywhere up to the next window. Crops never cross a view's end.
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
-
-from spkid.data.views import TRAINING
+import pyarrow.compute as pc
 
 SEGMENT_SCHEMA = pa.schema([
     ("utterance_id", pa.string()), ("source_id", pa.string()), ("speaker_id", pa.int32()),
@@ -19,19 +19,16 @@ SEGMENT_SCHEMA = pa.schema([
 ])
 
 
-def segment_index(views: list[dict], speakers: list[str], segment_len: int) -> list[dict]:
-    """Training crops of each train view: a window every half segment, each crop free to
-    start anywhere up to the next window (so every valid crop can be drawn); a view
-    shorter than a segment gives one shorter crop."""
-    ids = {s: i for i, s in enumerate(speakers)}
+def segment_index(views: pa.Table, segment_len: int) -> pa.Table:
+    """Training crops of each train view of labelled `views` (spkid.data.views.label_views):
+    a window every half segment, each crop free to start anywhere up to the next window (so
+    every valid crop can be drawn); a view shorter than a segment gives one shorter crop."""
+    train = views.filter(pc.and_(pc.equal(views["role"], "train"),
+                                 pc.greater(views["num_frames"], 0)))
+    frames = train["num_frames"].to_numpy()
     hop = max(1, segment_len // 2)
-    out = []
-    for v in views:
-        if v["role"] not in TRAINING or v["num_frames"] <= 0:
-            continue
-        length = min(segment_len, v["num_frames"])
-        out.append({"utterance_id": v["utterance_id"], "source_id": v["source_id"],
-                    "speaker_id": ids[v["speaker"]], "start_frame": v["start_frame"],
-                    "num_frames": length, "view_frames": v["num_frames"], "hop": hop,
-                    "windows": (v["num_frames"] - length) // hop + 1})
-    return out
+    length = np.minimum(segment_len, frames)
+    return pa.table([train["utterance_id"], train["source_id"], train["speaker_id"],
+                     train["start_frame"], pa.array(length), train["num_frames"],
+                     pa.array(np.full(len(frames), hop, np.int64)),
+                     pa.array((frames - length) // hop + 1)], schema=SEGMENT_SCHEMA)

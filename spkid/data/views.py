@@ -1,11 +1,11 @@
-"""Views and the train / val / test split.
+"""Views and the train / val / test split, as Arrow tables (one row per view, no Python
+object per row: VoxCeleb2 has a million utterances).
 
 A *view* is a stretch of frames of one stored utterance with a role (train / val / test /
-submit, and augment for the augmented copies `features` made of train views). With
-`split_by: utterance` every view is a whole utterance; with `split_by: time` each recording
-is cut (first part trains, then val, then test) and the held-out parts are cut into pieces
-of `trial_seconds`, so one long recording per speaker still yields several same-speaker
-val and test trials.
+submit). With `split_by: utterance` every view is a whole utterance; with `split_by: time`
+each recording is cut (first part trains, then val, then test) and the held-out parts are
+cut into pieces of `trial_seconds`, so one long recording per speaker still yields several
+same-speaker val and test trials.
 
 views (Parquet): utterance_id, source_id, speaker, role, start_frame, num_frames,
 speaker_id (position in speakers.json, -1 for submit).
@@ -14,7 +14,6 @@ speaker_id (position in speakers.json, -1 for submit).
 from __future__ import annotations
 
 import re
-from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,23 +29,13 @@ VIEW_SCHEMA = pa.schema([
     ("role", pa.string()), ("start_frame", pa.int64()), ("num_frames", pa.int64()),
     ("speaker_id", pa.int32()),
 ])
-
-
-AUGMENT = "augment"
-# Roles the classifier trains on: the split's train views and their augmented copies
-# (evaluate's cohort and mean use the clean "train" views only).
-TRAINING = ("train", AUGMENT)
-SEPARATOR = "~"  # an augmented copy is <view id>~<tag>, and a tag never holds one
-
-
-def view_of(copy_id: str) -> str:
-    """The view id an augmented copy was made from."""
-    return copy_id.rsplit(SEPARATOR, 1)[0]
+SPLIT_SCHEMA = pa.schema(list(VIEW_SCHEMA)[:6])  # views before label_views gives speaker_id
+SEPARATOR = "~"  # a speed copy's class is <speaker>~sp<factor>, and a speaker never holds one
+ROLES = np.array(["train", "val", "test"])
 
 
 def speed_copy_name(name: str, factor: float) -> str:
-    """The name of a view's speed copy at `factor`, and of its speaker's class (a voice of
-    its own)."""
+    """The class of a speaker's voice at speed `factor` (a voice of its own)."""
     return f"{name}{SEPARATOR}sp{factor:g}"
 
 
@@ -88,100 +77,113 @@ def _role_counts(n: int, val_fraction: float, test_fraction: float) -> tuple[int
     return n_val, n_test
 
 
-def _pieces(start: int, length: int, piece: int) -> list[tuple[int, int]]:
-    """Cut [start, start+length) into pieces of `piece` frames; a short tail joins the last."""
-    if length <= 0:
-        return []
-    count = max(1, length // piece)
-    bounds = [start + k * piece for k in range(count)] + [start + length]
-    return [(a, b - a) for a, b in zip(bounds[:-1], bounds[1:])]
+def _table(ids, sources, speakers, roles, starts, lengths) -> pa.Table:
+    return pa.table([pa.array(ids, pa.string()) if not isinstance(ids, (pa.Array, pa.ChunkedArray))
+                     else ids, sources, speakers, pa.array(roles, pa.string()),
+                     pa.array(starts, pa.int64()), pa.array(lengths, pa.int64())],
+                    schema=SPLIT_SCHEMA)
 
 
-def split_views(catalog: list[dict], cfg: SplitConfig) -> list[dict]:
-    """Views for every catalog row (dicts with utterance_id, speaker, role, num_frames).
-    Augmented copies (spkid.features.copies) train, whole, as long as the view they were made
-    from trains: a copy of any other view means the features were augmented for another
-    split, which is an error rather than a leak of held-out audio into training."""
-    views: list[dict] = []
-    by_speaker: dict[str, list[dict]] = defaultdict(list)
-    copies = []
-    for row in catalog:
-        if row["role"] == "submit":
-            views.append(_view(row, "submit", 0, row["num_frames"], row["utterance_id"]))
-        elif row["role"] == AUGMENT:
-            copies.append(row)
-        elif row["role"] is None:
-            if not row["speaker"]:
-                raise DataError(f"utterance {row['utterance_id']} is labelled but has no speaker")
-            by_speaker[row["speaker"]].append(row)
-        else:
-            raise DataError(f"utterance {row['utterance_id']}: unexpected role {row['role']!r}")
-    for speaker in sorted(by_speaker):
-        rows = sorted(by_speaker[speaker], key=lambda r: r["utterance_id"])
-        if cfg.split_by == "utterance":
-            views += _split_utterances(speaker, rows, cfg)
-        else:
-            views += _split_time(rows, cfg)
-    train = {v["utterance_id"] for v in views if v["role"] == "train"}
-    for row in copies:
-        if view_of(row["utterance_id"]) not in train:
-            raise DataError(f"augmented copy {row['utterance_id']!r} was made from "
-                            f"{view_of(row['utterance_id'])!r}, which this split does not train "
-                            "on: the features were augmented for other index params (re-run "
-                            "`spkid features`)")
-        views.append(_view(row, AUGMENT, 0, row["num_frames"], row["utterance_id"]))
-    return views
+def split_views(catalog: pa.Table, cfg: SplitConfig) -> pa.Table:
+    """Views of every catalog row (a table with utterance_id, speaker, role, num_frames):
+    the submit rows whole, in catalog order, then each speaker's (speakers sorted, each
+    one's utterances sorted by id) split as `cfg` says."""
+    role = catalog["role"]
+    odd = pc.filter(catalog["utterance_id"], pc.and_(pc.is_valid(role), pc.not_equal(role, "submit")))
+    if len(odd):
+        bad = catalog.filter(pc.equal(catalog["utterance_id"], odd[0]))["role"][0].as_py()
+        raise DataError(f"utterance {odd[0].as_py()}: unexpected role {bad!r}")
+    submit = catalog.filter(pc.equal(role, "submit"))
+    labelled = catalog.filter(pc.is_null(role))
+    unnamed = pc.filter(labelled["utterance_id"], pc.invert(pc.fill_null(
+        pc.greater(pc.utf8_length(labelled["speaker"]), 0), False)))
+    if len(unnamed):
+        raise DataError(f"utterance {unnamed[0].as_py()} is labelled but has no speaker")
+    labelled = labelled.take(pc.sort_indices(labelled, [("speaker", "ascending"),
+                                                        ("utterance_id", "ascending")]))
+    parts = [_table(submit["utterance_id"], submit["utterance_id"], submit["speaker"],
+                    np.full(len(submit), "submit"), np.zeros(len(submit), np.int64),
+                    submit["num_frames"].to_numpy())]
+    split = _split_utterances if cfg.split_by == "utterance" else _split_time
+    parts.append(split(labelled, cfg))
+    return pa.concat_tables(parts).combine_chunks()
 
 
-def _split_utterances(speaker: str, rows: list[dict], cfg: SplitConfig) -> list[dict]:
-    # Per-speaker streams keep a speaker's split stable when other speakers come or go.
-    order = named_rng(cfg.seed, speaker).permutation(len(rows))
-    n_val, n_test = _role_counts(len(rows), cfg.val_fraction, cfg.test_fraction)
-    roles = ["val"] * n_val + ["test"] * n_test + ["train"] * (len(rows) - n_val - n_test)
-    out = [_view(rows[i], role, 0, rows[i]["num_frames"], rows[i]["utterance_id"])
-           for i, role in zip(order, roles)]
-    return sorted(out, key=lambda v: v["utterance_id"])
+def _speaker_groups(speakers: np.ndarray) -> list[tuple[int, int]]:
+    """(start, stop) of each run of equal speakers in a sorted array."""
+    cuts = np.flatnonzero(speakers[1:] != speakers[:-1]) + 1
+    bounds = np.concatenate([[0], cuts, [len(speakers)]]).tolist()
+    return list(zip(bounds[:-1], bounds[1:])) if len(speakers) else []
 
 
-def _split_time(rows: list[dict], cfg: SplitConfig) -> list[dict]:
-    out = []
-    for row in rows:
-        n = row["num_frames"]
-        n_val = int(n * cfg.val_fraction)
-        n_test = int(n * cfg.test_fraction)
-        n_train = n - n_val - n_test
-        uid = row["utterance_id"]
-        out.append(_view(row, "train", 0, n_train, f"{uid}@0-{n_train}"))
-        for role, start, length in (("val", n_train, n_val), ("test", n_train + n_val, n_test)):
-            for a, m in _pieces(start, length, cfg.trial_frames):
-                out.append(_view(row, role, a, m, f"{uid}@{a}-{a + m}"))
-    return out
+def _split_utterances(rows: pa.Table, cfg: SplitConfig) -> pa.Table:
+    speakers = rows["speaker"].to_numpy(zero_copy_only=False)
+    codes = np.zeros(len(rows), np.int64)
+    for a, b in _speaker_groups(speakers):
+        # Per-speaker streams keep a speaker's split stable when other speakers come or go.
+        order = named_rng(cfg.seed, speakers[a]).permutation(b - a)
+        n_val, n_test = _role_counts(b - a, cfg.val_fraction, cfg.test_fraction)
+        codes[a + order[:n_val]] = 1
+        codes[a + order[n_val:n_val + n_test]] = 2
+    return _table(rows["utterance_id"], rows["utterance_id"], rows["speaker"], ROLES[codes],
+                  np.zeros(len(rows), np.int64), rows["num_frames"].to_numpy())
 
 
-def _view(row: dict, role: str, start: int, length: int, view_id: str) -> dict:
-    return {"utterance_id": view_id, "source_id": row["utterance_id"], "speaker": row["speaker"],
-            "role": role, "start_frame": start, "num_frames": length}
+def _split_time(rows: pa.Table, cfg: SplitConfig) -> pa.Table:
+    n = rows["num_frames"].to_numpy().astype(np.int64)
+    n_val = (n * cfg.val_fraction).astype(np.int64)
+    n_test = (n * cfg.test_fraction).astype(np.int64)
+    n_train = n - n_val - n_test
+    # Per row: its train view, then val's pieces, then test's; a short tail joins the
+    # last piece of its part.
+    row, code, start, length = [np.arange(len(n))], [np.zeros(len(n), np.int64)], \
+        [np.zeros(len(n), np.int64)], [n_train]
+    for c, first, size in ((1, n_train, n_val), (2, n_train + n_val, n_test)):
+        count = np.where(size > 0, np.maximum(1, size // cfg.trial_frames), 0)
+        r = np.repeat(np.arange(len(n)), count)
+        k = np.arange(len(r)) - np.repeat(np.cumsum(count) - count, count)
+        last = k == count[r] - 1
+        row.append(r)
+        code.append(np.full(len(r), c))
+        start.append(first[r] + k * cfg.trial_frames)
+        length.append(np.where(last, size[r] - k * cfg.trial_frames, cfg.trial_frames))
+    row, code, start, length = (np.concatenate(x) for x in (row, code, start, length))
+    order = np.lexsort((start, code, row))
+    row, code, start, length = row[order], code[order], start[order], length[order]
+    source = rows["utterance_id"].take(pa.array(row))
+    ends = pc.cast(pa.array(start + length), pa.string())
+    ids = pc.binary_join_element_wise(
+        pc.binary_join_element_wise(source, pc.cast(pa.array(start), pa.string()), "@"), ends, "-")
+    return _table(ids, source, rows["speaker"].take(pa.array(row)), ROLES[code], start, length)
 
 
-def speaker_table(views: list[dict]) -> list[str]:
-    """Speakers the classifier knows: those with training data (speed copies are speakers
-    of their own), sorted by name."""
-    train = {v["speaker"] for v in views if v["role"] in TRAINING}
-    held_out = {v["speaker"] for v in views if v["role"] in ("val", "test")}
+def speaker_table(views: pa.Table) -> list[str]:
+    """Speakers the classifier knows: those with training data, sorted by name."""
+    role = views["role"]
+    train = set(pc.unique(pc.filter(views["speaker"], pc.equal(role, "train"))).to_pylist())
+    held_out = pc.unique(pc.filter(views["speaker"], pc.is_in(role, pa.array(["val", "test"]))))
     if not train:
         raise DataError("no training utterances after the split (check index.* fractions)")
-    unseen = held_out - train
+    unseen = sorted(set(held_out.to_pylist()) - train)
     if unseen:
-        raise DataError(f"speaker {sorted(unseen)[0]!r} has val/test data but nothing to train on")
+        raise DataError(f"speaker {unseen[0]!r} has val/test data but nothing to train on")
     return sorted(train)
 
 
-def label_views(views: list[dict], speakers: list[str]) -> list[dict]:
-    ids = {s: i for i, s in enumerate(speakers)}
-    return [{**v, "speaker_id": ids.get(v["speaker"], -1)} for v in views]
+def label_views(views: pa.Table, speakers: list[str]) -> pa.Table:
+    """`views` with speaker_id: the speaker's position in `speakers`, -1 for none."""
+    ids = pc.fill_null(pc.index_in(views["speaker"], value_set=pa.array(speakers, pa.string())), -1)
+    return views.append_column("speaker_id", pc.cast(ids, pa.int32()))
 
 
-def read_views(path, roles) -> dict[str, dict]:
-    """The views of each role in `roles`, as column dicts, from a views Parquet file."""
+def read_views(path, roles) -> dict[str, pa.Table]:
+    """The views of each role in `roles`, from a views Parquet file."""
     table = pq.read_table(path)
-    return {role: table.filter(pc.equal(table["role"], role)).to_pydict() for role in roles}
+    return {role: table.filter(pc.equal(table["role"], role)) for role in roles}
+
+
+def take_views(views, keep: np.ndarray):
+    """Rows `keep` of views given as a table or as a dict of columns."""
+    if isinstance(views, pa.Table):
+        return views.take(pa.array(np.asarray(keep, np.int64)))
+    return {k: [v[i] for i in keep] for k, v in views.items()}

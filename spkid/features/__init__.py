@@ -3,7 +3,9 @@ spkid.data only.
 
     logmel    LogMelExtractor: byte-identical log-mels on every x86 CPU
     store     the shard format: ShardWriter, and FeatureStore that maps the shards
-    waveform  signal processing for augmentation (speed, generated rooms, noise)
-    copies    the augmented copies `features` stores: which, and how each is rendered
-    blocks    the block scheduler: rows in blocks, spread over processes and ranks
+    extract   one block of the manifest made into shards (what determines their bytes)
+    blocks    the block scheduler: blocks named by their content, kept between runs,
+              written over processes and ranks
+    waveform  waveform augmentation: generated rooms, speed, noise (the reference the
+              log-mel augmentation of training is tested against)
 """

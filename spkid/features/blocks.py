@@ -1,143 +1,222 @@
-"""The block scheduler of `features`: manifest rows (or augmented copies) cut into blocks
-of `features.shard_size`, each block decoded, turned into log-mels and written as its own
-shards, the blocks spread over worker processes and torchrun ranks.
+"""The block scheduler of `features`: the manifest cut into blocks whose shards are named by
+what determines them, kept in place between runs, so a run writes only the blocks that
+are missing or stale and a killed run resumes where it stopped.
+
+Blocks. Manifest rows (in manifest order) are cut after each row whose utterance id
+hashes to 0 modulo `shard_size`, and after 2 * shard_size rows at the latest
+(content-defined chunking): blocks hold shard_size rows on average, and adding or removing
+utterances changes only the blocks they fall in, not every block after them.
+
+Names. A block's key is the SHA-256 of its manifest rows, the feature params and the
+source of the code that computes features (spkid.features.extract and what it runs). Its
+shards are `shard-<ordinal>-<key>-<part>.parquet`, the ordinal being its position in the
+manifest, so sorted names list utterances in manifest order; when rows come or go before
+a block, its files are renamed, not rewritten. A block is complete once its last part is
+there (spkid.features.store.ShardWriter marks it).
+
+A run (FeatureFolder): marks the folder incomplete, removes every shard no wanted block
+needs (so the folder never holds much more than its final size), renames kept blocks to
+their ordinals, writes the missing blocks over worker processes (and torchrun ranks),
+then writes summary.json from the blocks' own counts and removes the mark. Readers refuse
+a marked folder. Any way the work is spread, or interrupted and resumed, the same params
+give the same bytes.
 """
 
 from __future__ import annotations
 
+import hashlib
+import inspect
+import json
 import multiprocessing
-from concurrent.futures import ThreadPoolExecutor
+import os
+import re
+import socket
+import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
+from spkid.core.atomic import remove_dead_temporaries, write_json
 from spkid.core.errors import DataError
-from spkid.data.audio import read_audio
-from spkid.data.manifest import resolve
-from spkid.data.sources.hw4 import load_hw4_features
-from spkid.features.copies import AugmentedCopy, Levels, plan_for_split, render
-from spkid.features.logmel import LogMelExtractor, pad_to_min_length
-from spkid.features.store import ShardWriter, read_catalog
+from spkid.core.seeding import name_seed
+from spkid.data import audio
+from spkid.data.manifest import ManifestRow
+from spkid.data.sources import hw4
+from spkid.features import extract, logmel, store
+from spkid.features.extract import BlockJob, write_block
+from spkid.features.store import INCOMPLETE, PATTERN
+
+SUMMARY = "summary.json"
+_SHARD = re.compile(r"shard-(\d{5,})-([0-9a-f]{16})-(\d{3})\.parquet")
+# The code whose edits change features: part of every block's key.
+COMPUTING = (extract, logmel, store, audio, hw4)
 
 
-def shard_blocks(n_rows: int, shard_size: int) -> list[range]:
-    """Manifest rows of each shard block (block k: rows k*shard_size .. (k+1)*shard_size)."""
-    return [range(a, min(a + shard_size, n_rows)) for a in range(0, n_rows, shard_size)]
+def cut_blocks(ids, shard_size: int) -> list[tuple[int, int]]:
+    """(start, stop) rows of each block of a manifest with utterance ids `ids`."""
+    n = len(ids)
+    cut = np.fromiter((name_seed(i) % shard_size == 0 for i in ids), bool, n)
+    bounds, start = [], 0
+    for end in np.flatnonzero(cut) + 1:
+        while end - start > 2 * shard_size:  # no cut for long: one at the cap
+            bounds.append((start, start + 2 * shard_size))
+            start += 2 * shard_size
+        bounds.append((start, int(end)))
+        start = int(end)
+    while start < n:
+        bounds.append((start, min(n, start + 2 * shard_size)))
+        start = bounds[-1][1]
+    return bounds
+
+
+def code_digest() -> str:
+    h = hashlib.sha256()
+    for module in COMPUTING:
+        h.update(Path(inspect.getfile(module)).read_bytes())
+    return h.hexdigest()
 
 
 @dataclass(frozen=True)
-class BlockJob:
-    """Everything a worker needs to write the shards of blocks of the manifest."""
-    manifest_path: str
-    meta: dict
-    extractor: dict  # LogMelExtractor.config()
-    folder: str
-    shard_meta: dict
-    dtype: str
-    batch_size: int
-    min_seconds: float
-    short: str
-    threads: int = 1  # batches computed at once inside the block (each op single-threaded)
-    levels: Levels | None = None  # when the rows are augmented copies
+class Block:
+    ordinal: int
+    start: int
+    stop: int
+    key: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.ordinal:05d}-{self.key[:16]}"
 
 
-def load_wave(job: BlockJob, row, sample_rate: int) -> np.ndarray:
-    """A manifest row's audio, or an augmented copy (spkid.features.copies) rendered from it."""
-    def read(r):
-        return read_audio(resolve(job.manifest_path, r), sample_rate, r.start, r.end)
-    if isinstance(row, AugmentedCopy):
-        return render(row, read, job.levels, sample_rate)
-    return read(row)
+def plan_blocks(manifest: pa.Table, shard_size: int, settings: dict) -> list[Block]:
+    """The blocks of `manifest` (a table of manifest rows) under `settings`, everything
+    besides the rows that determines their bytes."""
+    head = json.dumps({**settings, "code": code_digest()}, sort_keys=True).encode()
+    ids = manifest.column("utterance_id").to_pylist()
+    out = []
+    for k, (a, b) in enumerate(cut_blocks(ids, shard_size)):
+        h = hashlib.sha256(head)
+        for row in manifest.slice(a, b - a).to_pylist():
+            h.update(json.dumps(row, sort_keys=True).encode())
+        out.append(Block(k, a, b, h.hexdigest()))
+    return out
 
 
-def write_block(job: BlockJob, block: int, rows) -> dict:
-    """Features of one block's rows (decode + resample + log-mel, or load precomputed
-    HW4 tensors; manifest rows or augmented copies) written as that block's shards.
-    Returns the block's counts."""
-    extractor = LogMelExtractor.from_config(job.extractor)
-    writer = ShardWriter(job.folder, block, job.shard_meta, job.dtype)
-    stats = {"utterances": 0, "padded": 0, "skipped_short": 0}
-    min_samples = int(round(job.min_seconds * extractor.sample_rate))
-    feats: dict[int, np.ndarray] = {}
-    if job.meta.get("format") == "hw4":
-        def compute(ks: list[int]) -> tuple[list, int, int]:
-            return [(k, load_hw4_features(resolve(job.manifest_path, rows[k]), rows[k].num_frames,
-                                          extractor.n_mels)) for k in ks], 0, 0
-        tasks = [[k] for k in range(len(rows))]
-    else:
-        def compute(ks: list[int]) -> tuple[list, int, int]:
-            """(index, log-mels) of a batch's usable rows, and how many were padded, skipped."""
-            waves, kept, padded = [], [], 0
-            for k in ks:
-                wave = load_wave(job, rows[k], extractor.sample_rate)
-                if len(wave) < min_samples:
-                    if job.short == "skip":
-                        continue
-                    wave = pad_to_min_length(wave, min_samples)
-                    padded += 1
-                waves.append(wave)
-                kept.append(k)
-            return (list(zip(kept, extractor(waves))) if waves else []), padded, len(ks) - len(kept)
-        # Similar lengths batched together waste little on padding; each utterance's
-        # features do not depend on its batch, so the order is free.
-        order = sorted(range(len(rows)), key=lambda k: rows[k].duration or 0.0)
-        tasks = [order[a:a + job.batch_size] for a in range(0, len(order), job.batch_size)]
-    # Decoding and the FFTs release the GIL, so threads overlap them; which thread runs a
-    # batch changes nothing in its numbers.
-    with ThreadPoolExecutor(max(1, job.threads)) as pool:
-        for done, padded, skipped in pool.map(compute, tasks):
-            feats.update(done)
-            stats["padded"] += padded
-            stats["skipped_short"] += skipped
-    for k, r in enumerate(rows):
-        if k in feats:
-            writer.add(r.utterance_id, r.speaker, r.role, feats.pop(k))
-            stats["utterances"] += 1
-    writer.flush()
-    return {**stats, "frames": writer.frames, "shards": writer.parts}
+class FeatureFolder:
+    """The features folder of one run over `blocks` (see the module's docstring)."""
+
+    def __init__(self, folder: str | Path, blocks: list[Block]):
+        self.folder, self.blocks = Path(folder), blocks
+
+    def _parts(self) -> dict[str, dict[int, Path]]:
+        """Shards already there: key prefix -> {part: path}, whatever their ordinal."""
+        found: dict[str, dict[int, Path]] = {}
+        for path in self.folder.glob(PATTERN):
+            m = _SHARD.fullmatch(path.name)
+            if m is None:  # a shard of an older spkid's layout: stale
+                path.unlink()
+                continue
+            found.setdefault(m[2], {})[int(m[3])] = path
+        return found
+
+    def prepare(self) -> list[Block]:
+        """Mark the folder incomplete, remove what no wanted block needs, give kept blocks
+        their ordinals; returns the blocks left to write."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        write_json(self.folder / INCOMPLETE, {"host": socket.gethostname(), "pid": os.getpid(),
+                                              "started": time.strftime("%Y-%m-%d %H:%M:%S")})
+        (self.folder / SUMMARY).unlink(missing_ok=True)
+        remove_dead_temporaries(self.folder)
+        found = self._parts()
+        missing = []
+        for block in self.blocks:
+            parts = found.pop(block.key[:16], {})
+            if parts and _complete(parts):
+                for part, path in parts.items():
+                    want = self.folder / store.shard_name(block.name, part)
+                    if path != want:
+                        os.replace(path, want)
+            else:
+                for path in parts.values():
+                    path.unlink()
+                missing.append(block)
+        for parts in found.values():  # blocks no longer wanted
+            for path in parts.values():
+                path.unlink()
+        return missing
+
+    def finish(self) -> dict:
+        """Check that every block is complete, write summary.json from their counts and
+        remove the mark; returns the totals."""
+        found = self._parts()
+        totals = {"utterances": 0, "padded": 0, "skipped_short": 0, "frames": 0, "shards": 0}
+        for block in self.blocks:
+            parts = found.get(block.key[:16], {})
+            if not parts or not _complete(parts):
+                raise DataError(f"{self.folder}: block {block.name} was not written")
+            for key, value in _last_meta(parts)["stats"].items():
+                totals[key] += value
+            totals["shards"] += len(parts)
+        return totals
+
+    def seal(self, summary: dict) -> None:
+        write_json(self.folder / SUMMARY, summary)
+        (self.folder / INCOMPLETE).unlink()
+
+
+def _last_meta(parts: dict[int, Path]) -> dict:
+    path = parts[max(parts)]
+    return json.loads((pq.read_schema(path).metadata or {}).get(b"spkid", b"{}"))
+
+
+def _complete(parts: dict[int, Path]) -> bool:
+    """Parts 0..k all there, the last one saying it is the last."""
+    if sorted(parts) != list(range(len(parts))):
+        return False
+    try:
+        return bool(_last_meta(parts).get("last"))
+    except Exception:  # a part cut short by a crash outside spkid's atomic rename
+        return False
 
 
 def _run_block(args) -> dict:
-    job, block, rows = args
-    return write_block(job, block, rows)
+    job, name, rows = args
+    return write_block(job, name, [ManifestRow(**r) for r in rows])
 
 
 def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
-def manifest_to_shards(rows, job: BlockJob, *, shard_size: int, workers: int = 1,
-                       rank: int = 0, world: int = 1, progress: bool = True,
-                       first_block: int = 0, desc: str = "features") -> dict:
-    """Write the shards of every block this rank owns (blocks rank, rank + world, ...;
-    numbered from `first_block`, so augmented copies follow the clean blocks),
-    spread over `workers`: one process per block while there are blocks enough, the rest as
-    threads inside each process (so one big block still uses every core). Every torch op
-    runs single-threaded, so the bytes written do not depend on how the work was spread.
-    Memory per process: one block's features plus a batch of audio per thread."""
-    precomputed = job.meta.get("format") == "hw4"
-    if precomputed and job.meta.get("n_mels") != job.extractor["n_mels"]:
-        raise DataError(f"{job.manifest_path}: the data set has {job.meta.get('n_mels')} mels "
-                        f"but features.n_mels is {job.extractor['n_mels']}")
-    owned = [(k, r) for k, r in enumerate(shard_blocks(len(rows), shard_size), first_block)
-             if k % world == rank]
-    processes = max(1, min(workers, len(owned)))
+def write_blocks(manifest: pa.Table, job: BlockJob, blocks: list[Block], *, workers: int = 1,
+                 progress: bool = True) -> dict:
+    """Write `blocks` of the manifest table, spread over `workers`: one process per block
+    while there are blocks enough, the rest as threads inside each process (so one big
+    block still uses every core). Every torch op runs single-threaded, so the bytes written
+    do not depend on how the work was spread. Memory per process: one block's features
+    plus a batch of audio per thread."""
+    processes = max(1, min(workers, len(blocks)))
     job = replace(job, threads=max(1, workers // processes))
-    mine = [(job, k, [rows[i] for i in r]) for k, r in owned]
-    totals = {"utterances": 0, "padded": 0, "skipped_short": 0, "frames": 0, "shards": 0}
-    bar = tqdm(total=sum(len(m[2]) for m in mine), desc=desc, unit="utt",
+    # Each block's rows travel as plain dicts: a slice of the whole table would be
+    # pickled with the whole table's buffers.
+    work = ((job, b.name, manifest.slice(b.start, b.stop - b.start).to_pylist()) for b in blocks)
+    totals = {"utterances": 0, "frames": 0}
+    bar = tqdm(total=sum(b.stop - b.start for b in blocks), desc="features", unit="utt",
                disable=not progress)
     try:
         if processes == 1:
             threads = torch.get_num_threads()
             _one_thread()
             try:
-                results = (_run_block(m) for m in mine)
-                for m, stats in zip(mine, results):
+                results = map(_run_block, work)
+                for b, stats in zip(blocks, results):
                     _add(totals, stats)
-                    bar.update(len(m[2]))
+                    bar.update(b.stop - b.start)
             finally:
                 torch.set_num_threads(threads)
         else:
@@ -146,25 +225,14 @@ def manifest_to_shards(rows, job: BlockJob, *, shard_size: int, workers: int = 1
             ctx = multiprocessing.get_context("forkserver")
             ctx.set_forkserver_preload(["spkid.features.blocks"])
             with ctx.Pool(processes, initializer=_one_thread) as pool:
-                for m, stats in zip(mine, pool.imap(_run_block, mine)):
+                for b, stats in zip(blocks, pool.imap(_run_block, work)):
                     _add(totals, stats)
-                    bar.update(len(m[2]))
+                    bar.update(b.stop - b.start)
     finally:
         bar.close()  # so an error message starts on a line of its own
     return totals
 
 
 def _add(totals: dict, stats: dict) -> None:
-    for key, value in stats.items():
-        totals[key] += value
-
-
-def write_copies(manifest_rows, job, p, **spread) -> dict:
-    """Plan the copies for the clean shards in `job.folder` and write them as the blocks
-    after the clean ones (manifest_to_shards; `spread`: workers, rank,
-    world, progress). Returns this rank's counts."""
-    copies = plan_for_split(read_catalog(job.folder).to_pylist(), manifest_rows, p)
-    size = p.features.shard_size
-    return manifest_to_shards(copies, replace(job, levels=Levels.from_params(p.features.augment)),
-                              shard_size=size, first_block=len(shard_blocks(len(manifest_rows), size)),
-                              desc="augment", **spread)
+    for key in totals:
+        totals[key] += stats[key]

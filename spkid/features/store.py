@@ -42,6 +42,9 @@ from spkid.core.errors import DataError, StaleInputError
 
 DTYPES = {"float32": (np.float32, pa.float32()), "float16": (np.float16, pa.float16())}
 PATTERN = "shard-*.parquet"
+# Present while a `features` run is writing the folder (spkid.features.blocks), and left
+# by one that did not finish: then the folder holds only some of the blocks.
+INCOMPLETE = "incomplete.json"
 # A Parquet page size is an int32; staying well under it also bounds a writer's memory.
 MAX_PART_BYTES = 1 << 30
 
@@ -59,20 +62,23 @@ def schema(dtype: str = "float32") -> pa.Schema:
 
 
 
-def shard_name(block: int, part: int) -> str:
-    return f"shard-{block:05d}-{part:03d}.parquet"
+def shard_name(block: str, part: int) -> str:
+    return f"shard-{block}-{part:03d}.parquet"
 
 
 class ShardWriter:
-    """Writes the utterances of one block: a part every `MAX_PART_BYTES` of features."""
+    """Writes the utterances of one block: a part every `MAX_PART_BYTES` of features. Each
+    part's metadata says which part it is; the last one also says that it is the last and
+    holds the block's counts, so a block whose last part exists is complete (a writer
+    killed between parts leaves a block without one)."""
 
-    def __init__(self, folder: str | Path, block: int, meta: dict, dtype: str = "float32",
+    def __init__(self, folder: str | Path, block: str, meta: dict, dtype: str = "float32",
                  max_part_bytes: int = MAX_PART_BYTES):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.block, self.dtype, self.max_part_bytes = block, dtype, max_part_bytes
         self.np_dtype = DTYPES[dtype][0]
-        self.meta = {"spkid": json.dumps(meta, sort_keys=True)}
+        self.meta = meta
         self._rows: list[dict] = []
         self._bytes = 0
         self.parts = 0
@@ -90,17 +96,21 @@ class ShardWriter:
             raise DataError(f"{utterance_id}: features contain NaN or inf"
                             + (f" (as {self.dtype})" if np.isfinite(feats).all() else ""))
         if self._rows and self._bytes + stored.nbytes > self.max_part_bytes:
-            self.flush()
+            self._flush()
         self._rows.append({"utterance_id": utterance_id, "speaker": speaker, "role": role,
                            "num_frames": stored.shape[0], "num_mels": stored.shape[1],
                            "features": stored.reshape(-1)})
         self._bytes += stored.nbytes
         self.frames += stored.shape[0]
 
-    def flush(self) -> None:
-        if not self._rows:
-            return
-        flat = np.concatenate([r["features"] for r in self._rows])
+    def finish(self, stats: dict | None = None) -> None:
+        """Write the last part (empty when every utterance of the block was left out),
+        recording `stats`, the block's counts."""
+        self._flush(last=True, stats=stats)
+
+    def _flush(self, last: bool = False, stats: dict | None = None) -> None:
+        flat = (np.concatenate([r["features"] for r in self._rows]) if self._rows
+                else np.zeros(0, self.np_dtype))
         offsets = np.zeros(len(self._rows) + 1, dtype=np.int32)
         np.cumsum([len(r["features"]) for r in self._rows], out=offsets[1:])
         table = pa.table({
@@ -111,13 +121,16 @@ class ShardWriter:
             "num_mels": pa.array([r["num_mels"] for r in self._rows], pa.int16()),
             "features": pa.ListArray.from_arrays(pa.array(offsets),
                                                  pa.array(flat, DTYPES[self.dtype][1])),
-        }, schema=schema(self.dtype)).replace_schema_metadata(self.meta)
+        }, schema=schema(self.dtype)).replace_schema_metadata({"spkid": json.dumps(
+            {**self.meta, "part": self.parts, "last": last, **({"stats": stats} if last else {})},
+            sort_keys=True)})
         path = self.folder / shard_name(self.block, self.parts)
         with atomic_path(path) as tmp:
             pq.write_table(table, tmp, compression="none", use_dictionary=False,
                            column_encoding={"features": "PLAIN"}, write_statistics=False,
                            data_page_size=self.max_part_bytes + (1 << 20),
-                           max_rows_per_page=len(self._rows) + 1, row_group_size=len(self._rows))
+                           max_rows_per_page=len(self._rows) + 1,
+                           row_group_size=max(1, len(self._rows)))
             # The memory-mapped reading relies on this layout: prove it on what was written.
             if not np.array_equal(_map_values(tmp, len(flat), self.np_dtype), flat):
                 raise DataError(f"{path}: pyarrow {pa.__version__} did not write the features "
@@ -153,6 +166,9 @@ def _map_values(path: Path, count: int, dtype) -> np.ndarray:
 
 
 def shard_paths(folder: str | Path) -> list[Path]:
+    if (Path(folder) / INCOMPLETE).exists():
+        raise StaleInputError(f"{folder}: a features run did not finish (its {INCOMPLETE} is "
+                              "still there), so some blocks are missing", folder)
     paths = sorted(Path(folder).glob(PATTERN))
     if not paths:
         raise DataError(f"no feature shards ({PATTERN}) in {folder}")

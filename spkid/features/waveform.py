@@ -1,7 +1,13 @@
-"""Waveform signal processing for augmentation: speed change, generated room impulse
-responses, reverberation and noise at a given SNR (float64 numpy in, float64 numpy out)."""
+"""Waveform signal processing for augmentation: speed change, generated rooms and their
+impulse responses, reverberation and noise at a given SNR (float64 numpy in and out).
+
+Training augments log-mel crops (spkid.train.mel_augment), drawing its rooms from `Room`
+here; the waveform transforms are what those are tested against, and what the
+benchmarks' mismatched test audio is made with."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -19,16 +25,33 @@ def change_speed(wave: np.ndarray, factor: float, sample_rate: int) -> np.ndarra
         torch.from_numpy(wave), int(round(sample_rate * factor)), sample_rate).numpy()
 
 
+@dataclass(frozen=True)
+class Room:
+    """A generated room: a 3-10 m by 3-10 m by 2.5-4 m box with an RT60 from a range, the
+    talker 0.5 m to half the room away from the microphone."""
+    rt60: float
+    size: np.ndarray
+    distance: float
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator, rt60_range: tuple[float, float]) -> "Room":
+        rt60 = rng.uniform(*rt60_range)
+        size = np.array([rng.uniform(3, 10), rng.uniform(3, 10), rng.uniform(2.5, 4)])
+        return cls(rt60, size, rng.uniform(0.5, size[:2].min() / 2))
+
+    @property
+    def tail_energy(self) -> float:
+        """Reverberant-to-direct energy ratio (r / r_c)^2, with the critical distance
+        r_c = 0.057 sqrt(V / RT60) (statistical room acoustics)."""
+        return (self.distance / (0.057 * np.sqrt(self.size.prod() / self.rt60))) ** 2
+
+
 def room_impulse_response(rng: np.random.Generator, sample_rate: int,
                           rt60_range: tuple[float, float]) -> np.ndarray:
     """A seeded room's impulse response: the direct path at sample 0, then from the first
-    reflection on, Gaussian noise decaying by 60 dB over RT60, scaled so that the
-    reverberant-to-direct energy ratio is (r / r_c)^2 with the critical distance
-    r_c = 0.057 sqrt(V / RT60) (statistical room acoustics)."""
-    rt60 = rng.uniform(*rt60_range)
-    size = np.array([rng.uniform(3, 10), rng.uniform(3, 10), rng.uniform(2.5, 4)])
-    distance = rng.uniform(0.5, size[:2].min() / 2)
-    critical = 0.057 * np.sqrt(size.prod() / rt60)
+    reflection on, Gaussian noise decaying by 60 dB over RT60 with the room's tail energy."""
+    room = Room.draw(rng, rt60_range)
+    rt60, size = room.rt60, room.size
     # First reflection after the direct sound: the floor or ceiling bounce, about a room
     # height's extra path at most.
     delay = max(1, int(round(rng.uniform(0.3, 1.0) * size[2] / SPEED_OF_SOUND * sample_rate)))
@@ -37,7 +60,7 @@ def room_impulse_response(rng: np.random.Generator, sample_rate: int,
                                                    / (rt60 * sample_rate))
     rir = np.zeros(n)
     rir[0] = 1.0
-    rir[delay:] = tail * np.sqrt((distance / critical) ** 2 / np.sum(tail ** 2))
+    rir[delay:] = tail * np.sqrt(room.tail_energy / np.sum(tail ** 2))
     return rir
 
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from spkid.core.atomic import atomic_path
 from spkid.core.errors import DataError
+from spkid.data.views import take_views
 
 FILE = "score_norm.npz"
 # Cohort scores are computed this many embeddings at a time: memory O(rows x cohort).
@@ -39,10 +40,11 @@ def cohort_sample(speaker_ids, per_speaker: int, seed: int) -> np.ndarray:
     if not per_speaker:
         return np.arange(len(ids))
     rng = np.random.default_rng(seed)
-    keep = []
-    for spk in np.unique(ids):
-        rows = np.flatnonzero(ids == spk)
-        keep.append(rows if len(rows) <= per_speaker else rng.choice(rows, per_speaker, replace=False))
+    # Each speaker's rows in ascending order, speakers in sorted order, in one pass.
+    order = np.argsort(ids, kind="stable")
+    cuts = np.flatnonzero(ids[order][1:] != ids[order][:-1]) + 1
+    keep = [rows if len(rows) <= per_speaker else rng.choice(rows, per_speaker, replace=False)
+            for rows in np.split(order, cuts)] if len(ids) else []
     return np.sort(np.concatenate(keep)) if keep else np.zeros(0, np.int64)
 
 
@@ -109,7 +111,7 @@ class ScoreNorm:
         if not (e.subtract_mean or e.asnorm_top_n):
             return cls()
         keep = cohort_sample(train_views["speaker_id"], e.cohort_per_speaker, e.seed)
-        views = {k: [v[i] for i in keep] for k, v in train_views.items()}
+        views = take_views(train_views, keep)
         return cls.fit(embed(views), views["speaker_id"], e.subtract_mean, e.asnorm_top_n)
 
     @property

@@ -8,9 +8,8 @@ augmentation is a pure function of (seed, step) like the crop itself.
             density at frequency centre(b) / f, over its own bandwidth / f). The voice
             changes, so a crop at speed f trains a class of its own, `<speaker>~sp<f>`
             (spkid.data.views.speed_copy_name), as WeSpeaker's speed perturbation does.
-    reverb  a generated room (statistical room acoustics, as spkid.features.waveform): a
-            direct path and an exponentially decaying tail whose energy relative to it is
-            (r / r_c)^2, applied as the tail's energy per frame convolved with each mel
+    reverb  a generated room (spkid.features.waveform.Room): a direct path and an
+            exponentially decaying tail whose energy relative to it is (r / r_c)^2, applied as the tail's energy per frame convolved with each mel
             band's power (late reverberation adds energy with random phase), power kept.
     babble  3 to 7 other speakers' crops of the same batch, each at equal power, mixed in
             the mel power domain at an SNR drawn from `babble_snr_db`.
@@ -27,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from spkid.data.views import speed_copy_name
+from spkid.features.waveform import Room
 
 BABBLE_SPEAKERS = (3, 7)
 # Energy decay of 60 dB over RT60: power falls by exp(-ln(10**6) t / RT60).
@@ -139,13 +139,10 @@ class CropAugment:
 
     def _room(self, power: np.ndarray, frames: int, rng: np.random.Generator) -> np.ndarray:
         """One crop's mel power (T, F) in a generated room, its power kept."""
-        rt60 = rng.uniform(*self.rt60)
-        size = np.array([rng.uniform(3, 10), rng.uniform(3, 10), rng.uniform(2.5, 4)])
-        distance = rng.uniform(0.5, size[:2].min() / 2)
-        tail_energy = (distance / (0.057 * np.sqrt(size.prod() / rt60))) ** 2
-        decay = LN_1E6 / (rt60 * self.frames_per_second)  # per frame
-        k = np.arange(int(np.ceil(rt60 * self.frames_per_second)) + 1)
-        kernel = tail_energy * (np.exp(-decay * k) - np.exp(-decay * (k + 1)))
+        room = Room.draw(rng, self.rt60)
+        decay = LN_1E6 / (room.rt60 * self.frames_per_second)  # per frame
+        k = np.arange(int(np.ceil(room.rt60 * self.frames_per_second)) + 1)
+        kernel = room.tail_energy * (np.exp(-decay * k) - np.exp(-decay * (k + 1)))
         kernel[0] += 1.0  # the direct path
         p = power[:frames]
         n = frames + len(kernel) - 1

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from spkid.data.views import real_speakers
+from spkid.data.views import real_speakers, take_views
 from spkid.features.store import FeatureStore
 from spkid.models.embedding import embed_views
 
@@ -18,7 +18,7 @@ def subset_views(views: dict, count: int, seed: int) -> dict:
     if not count or count >= n:
         return views
     keep = np.sort(np.random.default_rng([seed, n]).choice(n, count, replace=False))
-    return {k: [v[i] for i in keep] for k, v in views.items()}
+    return take_views(views, keep)
 
 
 @dataclass
