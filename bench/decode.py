@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 from spkid.data.audio import read_audio  # noqa: E402
-from spkid.data.sources.audio_dir import check_audio  # noqa: E402
+from spkid.data.sources.checks import check_audio  # noqa: E402
 from test_sources_stage import write_audio  # noqa: E402  (the tests' PyAV encoder)
 
 FORMATS = (".wav", ".flac", ".m4a")

@@ -10,26 +10,33 @@ the repository are noticed; it does no work when its stamp shows the output is c
     url         download data.url into data/downloads/ (a cache outside every DVC out),
                 unpack it there and continue as hw4 or audio_dir (data.layout)
 
-A local folder is never copied: data/raw/manifest.parquet names its files by absolute
-path with size/mtime fingerprints, so a changed file changes the manifest and DVC re-runs
-`features`; an unchanged folder gives a byte-identical manifest and nothing re-runs.
+A local folder is never copied: data/raw/manifest.parquet names its files relative to
+the folder (data/raw/manifest.roots.json says where it is) with size/mtime fingerprints,
+so a changed file changes the manifest and DVC re-runs `features`; an unchanged folder,
+or the same folder moved elsewhere, gives a byte-identical manifest and nothing re-runs.
 data/raw/verify.parquet does the same for the verification audio (data.verify_dir,
-evaluate.trials), which only `evaluate` reads.
+evaluate.trials), which only `evaluate` reads, with absolute paths.
+
+Each recording is checked to decode to its end once: data/downloads/audio-checks.parquet
+remembers it by path, size and mtime, so a repro after which nothing changed opens no
+audio file; the first check uses every core.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
 import typer
 
 from spkid.core.params import load_params
+from spkid.data.sources.checks import AudioChecks
 from spkid.data.sources.collect import (RawFiles, external_source, local_path, synthetic_corpus,
                                         unseen_summary)
 from spkid.data.sources.unseen import scan_unseen_speakers
 from stages.common import ParamsOption, exclusive, one_line_errors, summary
-from stages.layout import DOWNLOADS, MANIFEST, RAW, SOURCE_STAMP, UNSEEN_MANIFEST
+from stages.layout import AUDIO_CHECKS, DOWNLOADS, MANIFEST, RAW, SOURCE_STAMP, UNSEEN_MANIFEST
 
 app = typer.Typer(add_completion=False)
 FILES = RawFiles(RAW, MANIFEST, SOURCE_STAMP, UNSEEN_MANIFEST, DOWNLOADS)
@@ -42,10 +49,18 @@ def download(params: Path = ParamsOption):
     """Generate or fetch the corpus and write its manifest."""
     started = time.perf_counter()
     p = load_params(params)
-    # Scan the verification audio first: a bad file there fails before anything is written.
-    unseen = scan_unseen_speakers(
-        local_path(p.data.verify_dir) if p.data.verify_dir is not None else None,
-        local_path(p.evaluate.trials) if p.evaluate.trials is not None else None)
-    source = synthetic_corpus if p.data.source == "synthetic" else external_source
-    summary("download", source(p, FILES, unseen) + unseen_summary(unseen),
-            time.perf_counter() - started)
+    checks = AudioChecks(AUDIO_CHECKS, workers=os.cpu_count() or 1)
+    try:
+        # The verification audio first: a bad file there fails before anything is written.
+        unseen = scan_unseen_speakers(
+            local_path(p.data.verify_dir) if p.data.verify_dir is not None else None,
+            local_path(p.evaluate.trials) if p.evaluate.trials is not None else None, checks)
+        if p.data.source == "synthetic":
+            text = synthetic_corpus(p, FILES, unseen)
+        else:
+            text = external_source(p, FILES, unseen, checks)
+    finally:
+        checks.save()  # what was checked before a failure need not be checked again
+    opened = (f"; {checks.opened} of {checks.asked} recordings opened (the others unchanged "
+              "since checked)" if checks.asked else "")
+    summary("download", text + unseen_summary(unseen) + opened, time.perf_counter() - started)

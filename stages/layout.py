@@ -8,6 +8,7 @@ MANIFEST = RAW / "manifest.parquet"
 SOURCE_STAMP = RAW / "source.json"
 UNSEEN_MANIFEST = RAW / "verify.parquet"  # verification audio (data.verify_dir / evaluate.trials)
 DOWNLOADS = Path("data/downloads")  # download cache, outside every DVC out
+AUDIO_CHECKS = DOWNLOADS / "audio-checks.parquet"  # recordings checked to decode, by size+mtime
 FEATURES = Path("data/features")
 INDEX = Path("data/index")
 VIEWS = INDEX / "utterances.parquet"

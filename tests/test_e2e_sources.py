@@ -63,7 +63,7 @@ def test_hw4_folder_to_submission(repo, tmp_path_factory):
         assert model["features"]["precomputed"] is True
     # Never copied into the repository: the manifest points at the folder.
     assert sorted(p.name for p in (path / "data/raw").iterdir()) == [
-        "manifest.parquet", "verify.parquet"]
+        "manifest.parquet", "manifest.roots.json", "verify.parquet"]
 
     again = repro(path, env)
     assert "[download]" in again and "unchanged" in again
@@ -99,15 +99,35 @@ def test_audio_dir_split_by_time_with_verification(repo, tmp_path_factory):
     check_pictures(path, env, roles=("val", "test", "verify"))
     assert json.loads((path / "metrics/det/verify.json").read_text())["det"]
 
-    # A changed verification file re-runs evaluate, not index or train. (features runs
-    # again while it depends on all of data/raw, which holds verify.parquet; its output
-    # is the same, so nothing after it does.)
+    # A changed verification file re-runs evaluate, not features, index or train.
     victim = verify / "new1" / "00.wav"
     victim.write_bytes(victim.read_bytes())  # same bytes, new mtime: a new fingerprint
     again = repro(path, env)
     assert "[evaluate]" in again and "verify: EER" in again
-    for stage in ("index", "train"):
+    assert "1 of 13 recordings opened" in again
+    for stage in ("features", "index", "train"):
         assert f"[{stage}]" not in again, f"{stage} ran again for a verification file"
+
+    # The training corpus moved to another path: the manifest names files relative to it,
+    # so no feature is computed again and nothing after download runs.
+    params = yaml.safe_load((path / "params.yaml").read_text())
+    moved = data / "elsewhere" / "train"
+    moved.parent.mkdir()
+    train.rename(moved)  # keeps every mtime
+    params["data"]["path"] = str(moved)
+    (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    again = repro(path, env)
+    assert "[download]" in again and "4 of 13 recordings opened" in again  # new paths
+    assert "Stage 'features' didn't change" in again
+    for stage in STAGES[1:]:
+        assert f"[{stage}]" not in again, f"{stage} ran again for a moved corpus"
+
+    # index.seed (augmentation off) changes the split, not a feature.
+    params["index"]["seed"] += 1
+    (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    again = repro(path, env)
+    assert "[index]" in again and "[features]" not in again
+    assert "0 of 13 recordings opened" in again
 
 
 @pytest.mark.e2e

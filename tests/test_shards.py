@@ -3,8 +3,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from spkid.core.errors import DataError
-from spkid.features.store import (ShardWriter, open_features, read_catalog, read_meta, schema,
-                                  shard_paths)
+from spkid.features.store import (ShardWriter, _offsets_within_shards, open_features, read_catalog,
+                                  read_meta, schema, shard_paths)
 
 
 def make_items(n=7, mels=5, seed=0):
@@ -143,3 +143,17 @@ def test_crash_leaves_no_partial_shard(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         w.finish()
     assert list(tmp_path.iterdir()) == []  # no shard, no temporary file
+
+
+def test_offsets_within_shards_match_a_scan_of_each_shard():
+    # open_features computes them with one sort (linear in shards x rows before).
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        n, shards = int(rng.integers(0, 60)), int(rng.integers(1, 7))
+        shard = rng.integers(0, shards, n).astype(np.int64)
+        length = rng.integers(1, 500, n).astype(np.int64)
+        want = np.zeros(n, np.int64)
+        for s in range(shards):
+            rows = np.nonzero(shard == s)[0]
+            want[rows[1:]] = np.cumsum(length[rows[:-1]])
+        np.testing.assert_array_equal(_offsets_within_shards(shard, length), want)

@@ -10,7 +10,8 @@ import pytest
 
 from spkid.core.errors import DataError
 from spkid.data.audio import audio_info, read_audio
-from spkid.data.sources.audio_dir import check_audio, scan_audio_dir
+from spkid.data.sources.audio_dir import scan_audio_dir
+from spkid.data.sources.checks import check_audio
 from spkid.data.sources.kaldi import is_kaldi_dir, scan_kaldi
 from spkid.data.sources.trials import read_trials_list
 from test_sources_stage import SR, make_audio_dir, voice, write_audio

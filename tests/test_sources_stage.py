@@ -18,7 +18,7 @@ import torch
 import typer
 import yaml
 
-from spkid.data.manifest import read_manifest
+from spkid.data.manifest import ManifestRoots, read_manifest
 from test_atomic import writer
 
 N_MELS = 40
@@ -176,7 +176,9 @@ def test_hw4_download_and_features(project, tmp_path, capsys):
 
     rows, meta = read_manifest(project / "data/raw/manifest.parquet")
     assert meta["format"] == "hw4" and meta["source"] == "hw4" and meta["n_mels"] == 40
-    assert meta["folder"] == str(hw4.absolute())
+    # Where the folder is lives beside the manifest, not in it: paths are relative to it.
+    roots = ManifestRoots.read(project / "data/raw/manifest.parquet")
+    assert roots.corpus == str(hw4.absolute()) and "folder" not in meta
     metadata = json.loads((hw4 / "metadata.json").read_text())["speakers"]
     tests = json.loads((hw4 / "testdata.json").read_text())["utterances"]
     # labelled rows: speakers in mapping.json order, utterances in metadata.json order
@@ -185,11 +187,12 @@ def test_hw4_download_and_features(project, tmp_path, capsys):
     # submit rows: testdata.json order, the utterance id is the feature_path
     assert [r.utterance_id for r in rows if r.role == "submit"] == [u["feature_path"] for u in tests]
     for r in rows:
-        assert Path(r.path).is_absolute() and Path(r.path) == hw4.absolute() / r.utterance_id
-        assert r.size == os.stat(r.path).st_size and r.mtime_ns == os.stat(r.path).st_mtime_ns
+        assert r.path == r.utterance_id and roots.resolve(r) == hw4.absolute() / r.utterance_id
+        st = os.stat(roots.resolve(r))
+        assert r.size == st.st_size and r.mtime_ns == st.st_mtime_ns
     # the folder is read in place, never copied
     assert sorted(p.name for p in (project / "data/raw").iterdir()) == [
-        "manifest.parquet", "verify.parquet"]
+        "manifest.parquet", "manifest.roots.json", "verify.parquet"]
     vrows, vmeta = read_manifest(project / "data/raw/verify.parquet")
     assert vrows == [] and vmeta["kind"] is None
 
@@ -259,7 +262,11 @@ def test_audio_dir_download_short_counts_and_submit(project, tmp_path, capsys):
     assert meta["speakers"] == ["spk0", "spk1", "spk2"]  # the submit folder is no speaker
     assert [r.utterance_id for r in rows if r.role == "submit"] == [
         "submit/x0/00.flac", "submit/x0/01.flac"]
-    assert all(Path(r.path).is_absolute() for r in rows)
+    roots = ManifestRoots.read(project / "data/raw/manifest.parquet")
+    assert roots.submit == str((tmp_path / "audio/submit").absolute())
+    assert [r.path for r in rows] == [r.utterance_id for r in rows if r.role is None] + [
+        "x0/00.flac", "x0/01.flac"]  # each relative to its own folder
+    assert all(roots.resolve(r).is_file() for r in rows)
 
     out = ok("features", capsys)
     assert "11 utterances" in out
@@ -306,7 +313,7 @@ def test_corrupt_audio_is_named_by_download_and_by_features_when_it_must_decode(
     line = fail("features", capsys)
     assert str(victim) in line
     assert "a features run did not finish" in fail("index", capsys)
-    assert sorted(p.name for p in (project / "data").iterdir()) == [".spkid.lock", "features", "raw"]
+    assert sorted(p.name for p in (project / "data").iterdir()) == [".spkid.lock", "downloads", "features", "raw"]
     assert not [p for p in (project / "data/features").iterdir() if p.name.startswith(".")]
 
 
@@ -352,12 +359,13 @@ def test_url_hw4_archive(project, tmp_path, capsys):
     assert f"[download] hw4 {url} -> " in out
     rows, meta = read_manifest(project / "data/raw/manifest.parquet")
     assert meta["format"] == "hw4" and meta["source"] == "url" and meta["url"] == url
-    extracted = Path(meta["folder"])
+    roots = ManifestRoots.read(project / "data/raw/manifest.parquet")
+    extracted = Path(roots.corpus)
     assert extracted.parent.parent == (project / "data/downloads").absolute()
     assert extracted.parent.name.startswith("extracted-") and extracted.name == "HW4"
     tests = json.loads((tmp_path / "hw4/testdata.json").read_text())["utterances"]
     assert [r.utterance_id for r in rows if r.role == "submit"] == [u["feature_path"] for u in tests]
-    assert all(Path(r.path).parent == extracted for r in rows)
+    assert all(roots.resolve(r).parent == extracted for r in rows)
 
     # Cached: neither downloaded nor unpacked again, so the manifest stays the same bytes.
     before = snapshot(project / "data/raw")
@@ -385,7 +393,9 @@ def test_url_audio_archive_with_submit_inside(project, tmp_path, capsys):
     out = ok("download", capsys)
     assert "audio_dir " in out and "6 recordings, 2 speakers" in out and "2 submit" in out
     rows, meta = read_manifest(project / "data/raw/manifest.parquet")
-    assert meta["speakers"] == ["spk0", "spk1"] and Path(meta["folder"]).name == "corpus"
+    roots = ManifestRoots.read(project / "data/raw/manifest.parquet")
+    assert meta["speakers"] == ["spk0", "spk1"] and Path(roots.corpus).name == "corpus"
+    assert Path(roots.submit) == Path(roots.corpus) / "submit"
     assert [r.utterance_id for r in rows if r.role == "submit"] == [
         "submit/x0/00.wav", "submit/x0/01.wav"]
 
@@ -522,7 +532,8 @@ def test_embed_audio_files_matches_the_feature_shards(project, tmp_path, capsys)
              "num_frames": store.length[store.positions([r.utterance_id for r in rows])]}
     want = embed_views(model, store, views, 20000, torch.device("cpu")).embeddings
     extractor = LogMelExtractor.from_config(config["features"])
-    paths = [r.path for r in rows]
+    roots = ManifestRoots.read(project / "data/raw/manifest.parquet")
+    paths = [str(roots.resolve(r)) for r in rows]
     got = embed_audio_files(model, extractor, paths, 20000, "cpu")
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
     # one file per batch and per chunk, in reverse order: the same numbers
@@ -561,6 +572,8 @@ def test_synthetic_corpus_keeps_its_stamp_and_gets_a_verify_manifest(project, tm
     # A regeneration killed with SIGKILL leaks its folder; the next run, even one with
     # nothing to regenerate, removes it.
     writer(project / "data/raw", tmp_path / "elsewhere", "kill")
-    assert len(list((project / "data").iterdir())) == 3  # raw, the leak, the stage lock
+    # raw, the leak, the stage lock, the cache of checked verification audio
+    assert len(list((project / "data").iterdir())) == 4
     assert "is current" in ok("download", capsys)
-    assert sorted(p.name for p in (project / "data").iterdir()) == [".spkid.lock", "raw"]
+    assert sorted(p.name for p in (project / "data").iterdir()) == [
+        ".spkid.lock", "downloads", "raw"]

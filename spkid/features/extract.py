@@ -14,7 +14,7 @@ import numpy as np
 
 from spkid.core.errors import DataError
 from spkid.data.audio import read_audio
-from spkid.data.manifest import ManifestRow, resolve
+from spkid.data.manifest import ManifestRoots, ManifestRow
 from spkid.data.sources.hw4 import load_hw4_features
 from spkid.features.logmel import LogMelExtractor, pad_to_min_length
 from spkid.features.store import ShardWriter
@@ -54,9 +54,10 @@ def write_block(job: BlockJob, name: str, rows: list[ManifestRow]) -> dict:
     stats = {"utterances": 0, "padded": 0, "skipped_short": 0}
     min_samples = int(round(job.min_seconds * extractor.sample_rate))
     feats: dict[int, np.ndarray] = {}
+    roots = ManifestRoots.read(job.manifest_path)
     if job.precomputed:
         def compute(ks: list[int]) -> tuple[list, int, int]:
-            return [(k, load_hw4_features(resolve(job.manifest_path, rows[k]), rows[k].num_frames,
+            return [(k, load_hw4_features(roots.resolve(rows[k]), rows[k].num_frames,
                                           extractor.n_mels)) for k in ks], 0, 0
         tasks = [[k] for k in range(len(rows))]
     else:
@@ -65,7 +66,7 @@ def write_block(job: BlockJob, name: str, rows: list[ManifestRow]) -> dict:
             waves, kept, padded = [], [], 0
             for k in ks:
                 r = rows[k]
-                wave = read_audio(resolve(job.manifest_path, r), extractor.sample_rate, r.start,
+                wave = read_audio(roots.resolve(r), extractor.sample_rate, r.start,
                                   r.end)
                 if len(wave) < min_samples:
                     if job.short == "skip":

@@ -245,10 +245,8 @@ def open_features(folder: str | Path) -> FeatureStore:
     n_mels = int(mels[0]) if len(mels) else 0
     shard = catalog.column("shard").to_numpy().astype(np.int64)
     length = catalog.column("num_frames").to_numpy().astype(np.int64)
-    offset = np.zeros(len(length), np.int64)
-    for s in range(len(paths)):
-        rows = np.nonzero(shard == s)[0]
-        offset[rows[1:]] = np.cumsum(length[rows[:-1]])
+    offset = _offsets_within_shards(shard, length)
+    frames_of = np.bincount(shard, weights=length, minlength=len(paths)).astype(np.int64)
     _allow_open_files(len(paths))
     arrays = []
     for s, path in enumerate(paths):
@@ -256,10 +254,23 @@ def open_features(folder: str | Path) -> FeatureStore:
         dtype = next((np_t for np_t, pa_t in DTYPES.values() if pa_t == field), None)
         if dtype is None:
             raise DataError(f"{path}: features are {field}, expected float32 or float16")
-        frames = int(length[shard == s].sum())
+        frames = int(frames_of[s])
         arrays.append(_map_values(path, frames * n_mels, dtype).reshape(frames, n_mels))
     return FeatureStore(catalog.column("utterance_id").combine_chunks(), shard, offset, length,
                         arrays, n_mels)
+
+
+def _offsets_within_shards(shard: np.ndarray, length: np.ndarray) -> np.ndarray:
+    """Each row's first frame within its shard (rows of a shard are stored in catalog
+    order): one sort, not a scan of every row per shard."""
+    order = np.argsort(shard, kind="stable")
+    ends = np.cumsum(length[order])
+    starts = ends - length[order]
+    group = shard[order]
+    first = np.searchsorted(group, group, side="left")
+    offset = np.empty_like(length)
+    offset[order] = starts - starts[first]
+    return offset
 
 
 def _allow_open_files(needed: int) -> None:

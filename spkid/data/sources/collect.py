@@ -12,14 +12,18 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from spkid.core.atomic import atomic_dir, remove_stale_temporaries, replace_if_changed, write_json
 from spkid.core.errors import DataError
 from spkid.data import synthetic
-from spkid.data.manifest import write_manifest
+from spkid.data.manifest import ManifestRoots, rows_table, write_manifest
 from spkid.data.sources.audio_dir import scan_audio_dir, submit_rows
+from spkid.data.sources.checks import AudioChecks
 from spkid.data.sources.fetch import fetch, locate_layout
 from spkid.data.sources.hw4 import scan_hw4
-from spkid.data.sources.kaldi import scan_kaldi
+from spkid.data.sources.kaldi import scan_kaldi_table
 
 
 @dataclass(frozen=True)
@@ -107,8 +111,9 @@ def _fetch(p, files: RawFiles) -> tuple[str, Path, str]:
     return layout, folder.absolute(), origin
 
 
-def _scan(p, layout: str, folder: Path, unseen_meta: dict, submit_base: Path | None):
-    """(rows, meta, description) of a hw4 folder or an audio folder."""
+def _scan(p, layout: str, folder: Path, unseen_meta: dict, submit: Path | None,
+          checks: AudioChecks) -> tuple[pa.Table, dict, str]:
+    """(manifest table, meta, description) of a hw4 folder or an audio folder."""
     if layout == "hw4":
         if p.data.submit_dir is not None:
             raise DataError(f"params: data.submit_dir = {p.data.submit_dir!r}: only for "
@@ -118,34 +123,36 @@ def _scan(p, layout: str, folder: Path, unseen_meta: dict, submit_base: Path | N
         n_submit = sum(r.role == "submit" for r in rows)
         text = (f"{len(rows) - n_submit} utterances, {len(meta['speakers'])} speakers, "
                 f"{n_submit} submit (precomputed {meta['n_mels']}-mel features)")
-        return rows, meta, text
+        return rows_table(rows), meta, text
 
-    submit = None
-    if p.data.submit_dir is not None:
-        submit = Path(os.path.abspath((submit_base or Path.cwd()) / p.data.submit_dir))
     if layout == "kaldi":
-        rows, meta = scan_kaldi(folder, min_seconds=p.data.min_seconds, short=p.data.short)
-        rows += submit_rows(submit) if submit is not None else []
+        table, meta = scan_kaldi_table(folder, min_seconds=p.data.min_seconds,
+                                       short=p.data.short, checks=checks)
+        if submit is not None:
+            table = pa.concat_tables([table, rows_table(submit_rows(submit, checks))])
     else:
         # A verification folder inside data.path holds unseen speakers, not training ones.
         exclude = [unseen_meta["verify_dir"]] if unseen_meta.get("verify_dir") else []
         rows, meta = scan_audio_dir(folder, min_seconds=p.data.min_seconds, short=p.data.short,
-                                    submit_dir=submit, exclude=exclude)
-    labelled = [r for r in rows if r.role is None]
-    n_submit = len(rows) - len(labelled)
-    minutes = sum(r.duration for r in labelled) / 60
+                                    submit_dir=submit, exclude=exclude, checks=checks)
+        table = rows_table(rows)
+    labelled = table.filter(pc.is_null(table["role"]))
+    n_submit = len(table) - len(labelled)
+    durations = labelled["duration"].to_numpy()
     if p.data.short == "skip":
         short = f"{meta['skipped_short']} skipped"
     else:
-        short = f"{sum(r.duration < p.data.min_seconds for r in labelled)} to pad"
+        short = f"{int((durations < p.data.min_seconds).sum())} to pad"
     unit = "utterances" if layout == "kaldi" else "recordings"
-    text = (f"{len(labelled)} {unit}, {len(meta['speakers'])} speakers, {minutes:.1f} min "
-            f"of audio, {n_submit} submit (short: {short}, min_seconds {p.data.min_seconds:g})")
-    return rows, meta, text
+    text = (f"{len(labelled)} {unit}, {len(meta['speakers'])} speakers, "
+            f"{durations.sum() / 60:.1f} min of audio, {n_submit} submit (short: {short}, "
+            f"min_seconds {p.data.min_seconds:g})")
+    return table, meta, text
 
 
-def external_source(p, files: RawFiles, unseen: tuple[list, dict]) -> str:
-    """Scan a local folder or a fetched archive (hw4, audio_dir, kaldi) into files.raw."""
+def external_source(p, files: RawFiles, unseen: tuple[list, dict], checks: AudioChecks) -> str:
+    """Scan a local folder or a fetched archive (hw4, audio_dir, kaldi) into files.raw,
+    opening only the recordings `checks` has not seen as they are."""
     submit_base = None
     if p.data.source == "url":
         layout, folder, origin = _fetch(p, files)
@@ -154,22 +161,27 @@ def external_source(p, files: RawFiles, unseen: tuple[list, dict]) -> str:
         submit_base = folder
     else:
         layout, folder, origin = p.data.source, local_path(p.data.path), None
-    rows, meta, text = _scan(p, layout, folder, unseen[1], submit_base)
-    _warn_overlap(rows, unseen)
-    meta = {**meta, "source": p.data.source, "folder": str(folder)}
+    submit = None
+    if p.data.submit_dir is not None:
+        submit = Path(os.path.abspath((submit_base or Path.cwd()) / p.data.submit_dir))
+    table, meta, text = _scan(p, layout, folder, unseen[1], submit, checks)
+    _warn_overlap(meta["speakers"], unseen)
+    # Not the folder: the manifest names files relative to it, so a moved corpus gives
+    # the same bytes (the roots sidecar says where it is now).
+    meta = {**meta, "source": p.data.source}
     if origin is not None:
         meta["url"] = origin
+    roots = ManifestRoots(str(folder), str(submit) if submit is not None else None)
     changed = replace_if_changed(files.raw, lambda tmp: (
-        write_manifest(tmp / files.manifest.name, rows, meta),
+        write_manifest(tmp / files.manifest.name, table, meta, roots),
         write_unseen(tmp / files.unseen.name, unseen)))
     where = f"{origin} -> {folder}" if origin else str(folder)
     return f"{layout} {where}: {text}{'' if changed else '; unchanged'}"
 
 
-def _warn_overlap(rows, unseen) -> None:
+def _warn_overlap(speakers: list[str], unseen) -> None:
     unseen_rows, _ = unseen
-    train = {r.speaker for r in rows if r.speaker}
-    shared = sorted(train & {r.speaker for r in unseen_rows if r.speaker})
+    shared = sorted(set(speakers) & {r.speaker for r in unseen_rows if r.speaker})
     if shared:
         print(f"spkid: warning: {len(shared)} verification speaker(s) also appear in the "
               f"training data (e.g. {shared[0]!r}): data.verify_dir should hold unseen speakers",

@@ -24,15 +24,16 @@ from pathlib import Path, PurePosixPath
 
 from spkid.core.errors import DataError
 from spkid.data.manifest import ManifestRow
-from spkid.data.sources.audio_dir import check_audio, scan_unseen_folder
+from spkid.data.sources.audio_dir import audio_rows, scan_unseen_folder
+from spkid.data.sources.checks import AudioChecks
 from spkid.data.sources.kaldi import is_kaldi_dir, scan_kaldi
 from spkid.data.sources.trials import read_trials_list, trial_lines
 
 FORMAT = "verify"
 
 
-def scan_unseen_speakers(verify_dir: str | Path | None, trials: str | Path | None
-                      ) -> tuple[list[ManifestRow], dict]:
+def scan_unseen_speakers(verify_dir: str | Path | None, trials: str | Path | None,
+                         checks: AudioChecks | None = None) -> tuple[list[ManifestRow], dict]:
     """(rows, meta) for the verification audio; no rows when neither is given.
 
     meta["kind"] is None, "dir" (all of verify_dir, trials sampled at evaluation) or
@@ -41,10 +42,10 @@ def scan_unseen_speakers(verify_dir: str | Path | None, trials: str | Path | Non
     if verify_dir is None and trials is None:
         return [], {"format": FORMAT, "kind": None}
     if verify_dir is not None and is_kaldi_dir(verify_dir):
-        return _scan_kaldi_unseen(Path(os.path.abspath(verify_dir)), trials)
+        return _scan_kaldi_unseen(Path(os.path.abspath(verify_dir)), trials, checks)
     if trials is None:
         folder = Path(os.path.abspath(verify_dir))
-        rows = scan_unseen_folder(folder)
+        rows = scan_unseen_folder(folder, checks)
         return rows, {"format": FORMAT, "kind": "dir", "verify_dir": str(folder),
                       "speakers": sorted({r.speaker for r in rows})}
 
@@ -56,31 +57,29 @@ def scan_unseen_speakers(verify_dir: str | Path | None, trials: str | Path | Non
                         else f"{verify_dir}: verification folder is not a folder")
     pairs = read_trials_list(trials, root)
     files = sorted({f for _, a, b in pairs for f in (a, b)})
-    rows = []
-    for f in files:
-        rel = PurePosixPath(Path(os.path.relpath(f, root)).as_posix())
-        duration = check_audio(f)
-        st = os.stat(f)
-        # Under verify_dir the first folder is the speaker, as in an audio_dir.
-        speaker = rel.parts[0] if verify_dir is not None and len(rel.parts) > 1 else None
-        rows.append(ManifestRow(utterance_id=str(rel), speaker=speaker, path=str(f),
-                                duration=duration, size=st.st_size, mtime_ns=st.st_mtime_ns))
+    rels = [PurePosixPath(Path(os.path.relpath(f, root)).as_posix()) for f in files]
+    # Under verify_dir the first folder is the speaker, as in an audio_dir.
+    speakers = [rel.parts[0] if verify_dir is not None and len(rel.parts) > 1 else None
+                for rel in rels]
+    rows = audio_rows(checks or AudioChecks(), root, [str(r) for r in rels],
+                      [str(r) for r in rels], speakers)
     digest = hashlib.sha256(trials.read_bytes()).hexdigest()
     return rows, {"format": FORMAT, "kind": "trials", "trials": str(trials), **where,
                   "audio_root": str(root), "trials_sha256": digest, "pairs": len(pairs)}
 
 
-def _scan_kaldi_unseen(folder: Path, trials: str | Path | None) -> tuple[list[ManifestRow], dict]:
+def _scan_kaldi_unseen(folder: Path, trials: str | Path | None, checks: AudioChecks | None
+                       ) -> tuple[list[ManifestRow], dict]:
     """A Kaldi folder of unseen speakers: every utterance (nothing left out for being
     short), or only those its trial list names by utterance id."""
     meta = {"format": FORMAT, "verify_dir": str(folder), "keys": "utterance_id"}
     if trials is None:
-        rows, _ = scan_kaldi(folder, min_seconds=0.0, short="pad")
+        rows, _ = scan_kaldi(folder, min_seconds=0.0, short="pad", checks=checks)
         return rows, {**meta, "kind": "dir", "speakers": sorted({r.speaker for r in rows})}
     trials = Path(os.path.abspath(trials))
     lines = trial_lines(trials)
     named = {utt for _, _, *ids in lines for utt in ids}
-    rows, _ = scan_kaldi(folder, min_seconds=0.0, short="pad", only=named)
+    rows, _ = scan_kaldi(folder, min_seconds=0.0, short="pad", only=named, checks=checks)
     known = {r.utterance_id for r in rows}
     for lineno, _, *ids in lines:
         for utt in ids:
