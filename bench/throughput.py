@@ -12,6 +12,12 @@ and crops 128 frames, through a DataLoader with 2 workers and batch 32.
 - loader: training segments (128 frames) per second, the loader alone: the reference's
   Dataset + DataLoader against spkid's `SegmentBatches` over the memory-mapped shards.
 
+    python bench/throughput.py floor ../shared/data/librispeech-125 [--rounds 3]
+
+- floor: spkid's `features` path against the machine's floor for the same work, A B A B:
+  decoding alone (every file, spread over `--workers` processes) plus log-mels alone
+  (of the decoded audio, spread the same way), each timed on its own.
+
 Each figure is measured A B A B ... (`--rounds` pairs, in fresh processes) and the median
 of each side and of the pairwise ratios is printed. The single measurements are also
 subcommands (`features-reference`, `features-spkid`, `loader-reference`, `loader-spkid`),
@@ -86,6 +92,39 @@ def features_spkid(folder: Path, out: Path, workers: int) -> dict:
     wall = time.perf_counter() - started
     return {"wall_s": wall, "audio_s": sum(r.duration for r in rows),
             "audio_s_per_s": sum(r.duration for r in rows) / wall}
+
+
+def _decode_then_logmel(args) -> float:
+    """Decode a share of the files; with `logmel`, then time their log-mels alone."""
+    from spkid.features.logmel import LogMelExtractor
+    paths, logmel = args
+    torch.set_num_threads(1)
+    waves = [read_audio(path, 16000) for path in paths]
+    if not logmel:
+        return 0.0
+    extractor = LogMelExtractor()
+    started = time.perf_counter()
+    for wave in waves:
+        extractor([wave])
+    return time.perf_counter() - started
+
+
+def features_floor(folder: Path, workers: int) -> dict:
+    """Decoding alone, then log-mels alone, each spread over `workers` processes (files
+    dealt longest first, in turn), in wall seconds: what no features path can beat."""
+    import multiprocessing
+    rows = sorted(audio_rows(folder), key=lambda r: -r.duration)
+    shares = [[r.path for r in rows[k::workers]] for k in range(workers)]
+    with multiprocessing.get_context("forkserver").Pool(workers) as pool:
+        pool.map(_decode_then_logmel, [([], False)] * workers)  # the workers are up
+        started = time.perf_counter()
+        pool.map(_decode_then_logmel, [(share, False) for share in shares], chunksize=1)
+        decode_s = time.perf_counter() - started
+        logmel_s = max(pool.map(_decode_then_logmel, [(share, True) for share in shares],
+                                chunksize=1))
+    audio_s = sum(r.duration for r in rows)
+    return {"decode_s": decode_s, "logmel_s": logmel_s, "wall_s": decode_s + logmel_s,
+            "audio_s": audio_s, "audio_s_per_s": audio_s / (decode_s + logmel_s)}
 
 
 class ReferenceDataset(torch.utils.data.Dataset):
@@ -192,6 +231,20 @@ def run_all(folder: Path, rounds: int, batches: int, workers: int) -> None:
               f"{statistics.median(o[key] for o in ours):10.0f}   {ratio:.2f}x")
 
 
+def run_floor(folder: Path, rounds: int, workers: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        ratios = []
+        for r in range(rounds):
+            floor = _subprocess("features-floor", str(folder), "--workers", str(workers))
+            ours = _subprocess("features-spkid", str(folder), str(Path(tmp) / f"shards{r}"),
+                               "--workers", str(workers))
+            ratios.append(ours["wall_s"] / floor["wall_s"])
+            print(f"round {r + 1}: floor {floor['wall_s']:.2f} s (decode {floor['decode_s']:.2f}"
+                  f" + log-mel {floor['logmel_s']:.2f}), spkid features {ours['wall_s']:.2f} s:"
+                  f" {ratios[-1]:.2f}x the floor", flush=True)
+    print(f"median: spkid features at {statistics.median(ratios):.2f}x the floor")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -205,6 +258,13 @@ def main() -> None:
         s.add_argument("folder", type=Path)
         s.add_argument("out", type=Path)
         s.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    f = sub.add_parser("floor")
+    f.add_argument("folder", type=Path)
+    f.add_argument("--rounds", type=int, default=3)
+    f.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    s = sub.add_parser("features-floor")
+    s.add_argument("folder", type=Path)
+    s.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     for name in ("loader-reference", "loader-spkid"):
         s = sub.add_parser(name)
         s.add_argument("folder", type=Path)
@@ -212,8 +272,11 @@ def main() -> None:
     args = ap.parse_args()
     if args.cmd == "all":
         return run_all(args.folder.absolute(), args.rounds, args.batches, args.workers)
+    if args.cmd == "floor":
+        return run_floor(args.folder.absolute(), args.rounds, args.workers)
     result = {"features-reference": lambda: features_reference(args.folder, args.out),
               "features-spkid": lambda: features_spkid(args.folder, args.out, args.workers),
+              "features-floor": lambda: features_floor(args.folder, args.workers),
               "loader-reference": lambda: loader_reference(args.folder, args.batches),
               "loader-spkid": lambda: loader_spkid(args.folder, args.batches)}[args.cmd]()
     print(json.dumps(result))

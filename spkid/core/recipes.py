@@ -44,7 +44,9 @@ RECIPES: dict[str, dict[str, object]] = {
     # (c) The verification recipe: WeSpeaker's augmentation, done on the fly on log-mel crops
     # (speed at 0.9 and 1.1 as new speakers; a third of the crops in a generated room, a
     # third with babble: what issue 9's nine stored copies of each utterance gave, 1x disk).
-    # BENCHMARKS.md, "Unseen speakers, cross-validated", measures it.
+    # BENCHMARKS.md, "Unseen speakers, cross-validated": on held-out speakers in unseen
+    # rooms and noise, EER 28.98 -> 17.09 % (-11.89 points, 95 % CI -14.11 to -9.78); on
+    # clean held-out speech within the default's interval, hence a recipe, not the default.
     "verification": {
         "train.augment.speed": [0.9, 1.1], "train.augment.reverb": 0.3333,
         "train.augment.babble": 0.3333,
