@@ -1,4 +1,5 @@
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 
@@ -248,3 +249,71 @@ def test_finetune_off_keeps_the_schedule():
     plain = warmup_cosine(2, 10)
     from spkid.train.schedule import phase_schedule
     assert [phase_schedule(p.train)(s) for s in range(12)] == [plain(s) for s in range(12)]
+
+
+def _sharded_store(shards=6, per_shard=5, seed=0):
+    """A store whose utterances lie in `shards` shards, as open_features maps them."""
+    rng = np.random.default_rng(seed)
+    ids, labels, shard, lengths, arrays = [], [], [], [], []
+    for s in range(shards):
+        mats = [rng.standard_normal((int(rng.integers(40, 90)), N_MELS)).astype(np.float32)
+                for _ in range(per_shard)]
+        for u, m in enumerate(mats):
+            ids.append(f"sh{s}-u{u}")
+            labels.append(u % SPEAKERS)
+            shard.append(s)
+            lengths.append(len(m))
+        arrays.append(np.concatenate(mats))
+    length = np.array(lengths, np.int64)
+    shard = np.array(shard, np.int64)
+    offset = np.concatenate([[0], np.cumsum(length)[:-1]]) - np.repeat(
+        [0] + [sum(lengths[:per_shard * s]) for s in range(1, shards)], per_shard)
+    return FeatureStore(pa.array(ids), shard, offset.astype(np.int64), length, arrays, N_MELS), labels
+
+
+def test_shard_window_draws_only_from_its_shards_and_visits_them_all():
+    store, labels = _sharded_store()
+    segments = segments_for(store, labels, seg=20)
+    size, every = 2, 3
+    batches = SegmentBatches(store, segments, 16, seed=4, steps=60, shard_window=size,
+                             window_steps=every)
+    shard_of = {uid: int(s) for uid, s in zip(store.ids.to_pylist(), store.shard)}
+    seen = set()
+    for step in range(0, 60):
+        active = set(batches.window.shards[batches.window.active(step)].tolist())
+        assert len(active) == size  # distinct shards, also across a pass's end
+        # the window moves only every `every` steps
+        if step % every:
+            assert active == set(batches.window.shards[batches.window.active(step - 1)].tolist())
+        x, _, y = batches[step]
+        rng = np.random.default_rng([4, 0, step])
+        v, _ = batches.window.draw(rng, step, 16)
+        drawn = {shard_of[segments["source_id"][k]] for k in v}
+        assert drawn <= active
+        seen |= drawn
+        # each crop is a slice of its view's frames
+        for b, k in enumerate(v):
+            m = store.matrix(store.positions([segments["source_id"][k]])[0])
+            n = segments["num_frames"][k]
+            rows = x[b, :n].numpy()
+            assert any(np.array_equal(rows, m[t:t + n]) for t in range(len(m) - n + 1))
+            assert int(y[b]) == segments["speaker_id"][k]
+    assert seen == set(range(6))  # 20 window positions: every shard came round
+    # a pure function of (seed, step): a fresh object (a resumed run) draws the same
+    again = SegmentBatches(store, segments, 16, seed=4, steps=60, shard_window=size,
+                           window_steps=every)
+    for step in (0, 7, 59):
+        for a, b in zip(batches[step], again[step]):
+            assert torch.equal(a, b)
+
+
+def test_shard_window_off_or_wider_than_the_data_changes_no_crop_position():
+    store, labels = _sharded_store(shards=3)
+    segments = segments_for(store, labels, seg=20)
+    plain = SegmentBatches(store, segments, 8, seed=1, steps=5)
+    off = SegmentBatches(store, segments, 8, seed=1, steps=5, shard_window=0, window_steps=7)
+    for step in range(5):
+        for a, b in zip(plain[step], off[step]):
+            assert torch.equal(a, b)
+    wide = SegmentBatches(store, segments, 8, seed=1, steps=5, shard_window=10, window_steps=2)
+    assert sorted(wide.window.shards[wide.window.active(3)].tolist()) == [0, 1, 2]

@@ -145,6 +145,12 @@ SCHEMA: dict[str, Any] = {
                            "generalise better to unseen speakers, and metrics/train.json "
                            "gives the val accuracy of both", min=0),
         "compile": _f("bool", False, "torch.compile the model (CUDA only; ignored on CPU)"),
+        "shard_window": _f("int", 0, "crops come from this many feature shards at a time, a "
+                           "window that moves on by one shard every train.window_steps steps, "
+                           "so that reads stay mostly in the page cache when the features "
+                           "are bigger than it (0 = from all shards)", min=0),
+        "window_steps": _f("int", 25, "steps before the shard window moves on by one shard",
+                           min=1),
         "finetune": {
             "steps": _f("int", 0, "large-margin fine-tuning steps after train.steps (0 = off); "
                         "data/model then comes from this phase's validations", min=0),
