@@ -118,10 +118,11 @@ def make(folder: Path, scale: float, seed: int = 0) -> None:
 
 
 def run(folder: Path, overrides: list[str], kill_features_after: float | None,
-        workdir: Path | None, out: Path | None) -> int:
+        workdir: Path | None, out: Path | None, keep: bool = False) -> int:
     settings = {**SETTINGS, "data.path": str(folder / "train"),
                 "data.verify_dir": str(folder / "verify"), "evaluate.trials": str(folder / "trials")}
-    with scratch_repo(ROOT, settings, overrides, workdir, "spkid-voxscale-") as (repo, env):
+    with scratch_repo(ROOT, settings, overrides, workdir, "spkid-voxscale-",
+                      keep) as (repo, env):
         rows = []
         total = time.perf_counter()
         for stage in STAGES:
@@ -146,6 +147,7 @@ def main() -> int:
     mk.add_argument("--scale", type=float, default=1.0)
     rn.add_argument("--kill-features-after", type=float, metavar="S")
     rn.add_argument("--out", type=Path, help="write the rows as JSON here")
+    rn.add_argument("--keep", action="store_true", help="keep the temporary repository")
     args = ap.parse_args()
     if args.cmd == "make":
         make(args.folder, args.scale)
@@ -153,7 +155,7 @@ def main() -> int:
     if shutil.which("dvc") is None or shutil.which("spkid") is None:
         raise SystemExit("dvc and spkid must be on PATH (activate the project's virtual environment)")
     return run(args.folder.absolute(), args.overrides, args.kill_features_after, args.workdir,
-               args.out)
+               args.out, args.keep)
 
 
 if __name__ == "__main__":

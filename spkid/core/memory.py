@@ -24,3 +24,15 @@ def keep_large_blocks_mapped(threshold: int = THRESHOLD) -> bool:
         return bool(libc.mallopt(M_MMAP_THRESHOLD, threshold))
     except (OSError, AttributeError):
         return False
+
+
+def release_free_memory() -> None:
+    """Give the heap's free pages back to the system (glibc's malloc_trim; a no-op
+    elsewhere). Reading the footers of thousands of shards leaves a few hundred MB of
+    small freed blocks that glibc keeps: 230 MB for VoxCeleb2's 2,477 shards, 71 MB after
+    this (measured)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass

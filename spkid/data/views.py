@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from spkid.core.errors import DataError
+from spkid.core.memory import release_free_memory
 from spkid.core.seeding import named_rng
 
 VIEW_SCHEMA = pa.schema([
@@ -179,7 +180,10 @@ def label_views(views: pa.Table, speakers: list[str]) -> pa.Table:
 def read_views(path, roles) -> dict[str, pa.Table]:
     """The views of each role in `roles`, from a views Parquet file."""
     table = pq.read_table(path)
-    return {role: table.filter(pc.equal(table["role"], role)) for role in roles}
+    views = {role: table.filter(pc.equal(table["role"], role)) for role in roles}
+    del table
+    release_free_memory()  # the whole table's pages, once the roles are copied out
+    return views
 
 
 def take_views(views, keep: np.ndarray):

@@ -39,6 +39,7 @@ import pyarrow.parquet as pq
 
 from spkid.core.atomic import atomic_path
 from spkid.core.errors import DataError, StaleInputError
+from spkid.core.memory import release_free_memory
 
 DTYPES = {"float32": (np.float32, pa.float32()), "float16": (np.float16, pa.float16())}
 PATTERN = "shard-*.parquet"
@@ -182,6 +183,7 @@ def read_catalog(folder: str | Path) -> pa.Table:
     for i, p in enumerate(shard_paths(folder)):
         t = pq.read_table(p, columns=cols)
         tables.append(t.append_column("shard", pa.array(np.full(len(t), i, np.int32))))
+    release_free_memory()  # after thousands of footers read (spkid.core.memory)
     return pa.concat_tables(tables)
 
 
@@ -256,6 +258,7 @@ def open_features(folder: str | Path) -> FeatureStore:
             raise DataError(f"{path}: features are {field}, expected float32 or float16")
         frames = int(frames_of[s])
         arrays.append(_map_values(path, frames * n_mels, dtype).reshape(frames, n_mels))
+    release_free_memory()  # after thousands of footers read (spkid.core.memory)
     return FeatureStore(catalog.column("utterance_id").combine_chunks(), shard, offset, length,
                         arrays, n_mels)
 
