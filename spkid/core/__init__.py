@@ -5,8 +5,9 @@
     recipes      named configurations as params overrides (`spkid recipe`)
     atomic       write to a temporary sibling, then rename; clean up after dead writers
     lock         one stage at a time in a repository
-    memory       glibc's mmap threshold, for flat memory over many batches
+    memory       glibc's mmap threshold and kept free pages, for flat memory
     seeding      random streams named by what they are for
+    provenance   the digest of the source that computes a stored result
     install      imports that fail for install reasons, with the fix
     device       CPU or CUDA, and the mixed precision used there
     distributed  the process group under torchrun (a no-op for one process)

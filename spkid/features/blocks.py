@@ -25,7 +25,6 @@ give the same bytes.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import multiprocessing
 import os
@@ -43,6 +42,7 @@ from tqdm import tqdm
 
 from spkid.core.atomic import remove_dead_temporaries, write_json
 from spkid.core.errors import DataError
+from spkid.core.provenance import source_digest
 from spkid.core.seeding import name_seed
 from spkid.data import audio
 from spkid.data.manifest import ManifestRow
@@ -74,13 +74,6 @@ def cut_blocks(ids, shard_size: int) -> list[tuple[int, int]]:
     return bounds
 
 
-def code_digest() -> str:
-    h = hashlib.sha256()
-    for module in COMPUTING:
-        h.update(Path(inspect.getfile(module)).read_bytes())
-    return h.hexdigest()
-
-
 @dataclass(frozen=True)
 class Block:
     ordinal: int
@@ -96,7 +89,7 @@ class Block:
 def plan_blocks(manifest: pa.Table, shard_size: int, settings: dict) -> list[Block]:
     """The blocks of `manifest` (a table of manifest rows) under `settings`, everything
     besides the rows that determines their bytes."""
-    head = json.dumps({**settings, "code": code_digest()}, sort_keys=True).encode()
+    head = json.dumps({**settings, "code": source_digest(*COMPUTING)}, sort_keys=True).encode()
     ids = manifest.column("utterance_id").to_pylist()
     out = []
     for k, (a, b) in enumerate(cut_blocks(ids, shard_size)):

@@ -10,8 +10,6 @@ changes (its source is part of the cache). The first check is spread over proces
 
 from __future__ import annotations
 
-import hashlib
-import inspect
 import multiprocessing
 import os
 import sys
@@ -24,9 +22,10 @@ import pyarrow.parquet as pq
 import soundfile as sf
 
 from spkid.core.atomic import atomic_path
+from spkid.core.errors import DataError
+from spkid.core.provenance import source_digest
 from spkid.data import audio
 from spkid.data.audio import audio_info, check_pyav_audio, check_samples, decoded_by_pyav
-from spkid.core.errors import DataError
 
 TAIL_FRAMES = 1024
 CACHE_SCHEMA = pa.schema([("path", pa.string()), ("size", pa.int64()),
@@ -118,10 +117,7 @@ def _wav_is_truncated(path: Path, size: int) -> bool:
 
 
 def _code_digest() -> str:
-    h = hashlib.sha256()
-    for module in (sys.modules[__name__], audio):
-        h.update(Path(inspect.getfile(module)).read_bytes())
-    return h.hexdigest()
+    return source_digest(sys.modules[__name__], audio)
 
 
 def _check_one(path: str) -> tuple[float | None, str | None]:
