@@ -217,10 +217,16 @@ def write_blocks(manifest: pa.Table, job: BlockJob, blocks: list[Block], *, work
             # OpenMP threads may already be running (a forked OpenMP runtime can hang).
             ctx = multiprocessing.get_context("forkserver")
             ctx.set_forkserver_preload(["spkid.features.blocks"])
-            with ctx.Pool(processes, initializer=_one_thread) as pool:
-                for b, stats in zip(blocks, pool.imap(_run_block, work)):
-                    _add(totals, stats)
-                    bar.update(b.stop - b.start)
+            try:
+                with ctx.Pool(processes, initializer=_one_thread) as pool:
+                    for b, stats in zip(blocks, pool.imap(_run_block, work)):
+                        _add(totals, stats)
+                        bar.update(b.stop - b.start)
+            except BaseException:
+                # Leaving the pool terminates (and reaps) workers that may be mid-write on
+                # other blocks: their temporaries would stay behind until the next run.
+                remove_dead_temporaries(job.folder)
+                raise
     finally:
         bar.close()  # so an error message starts on a line of its own
     return totals
