@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from spkid.core.device import autocast, pick_device  # noqa: E402
+from spkid.core.device import autocast, pick_device, training_dtype  # noqa: E402
 from spkid.core.recipes import parse_override  # noqa: E402
 from spkid.train.schedule import warmup_cosine  # noqa: E402
 from tests.hw4_homework import (HW4_SPEAKERS, HomeworkBest, load_homework_weights,  # noqa: E402
@@ -58,7 +58,7 @@ class Contender:
         if self.homework:
             outs = self.model(x)
             return outs, F.cross_entropy(outs, y)
-        with autocast(device):
+        with autocast(device, training_dtype(device)):
             emb, logits = self.model(x, mask, y)
         return emb, F.cross_entropy(logits.float(), y)
 

@@ -145,6 +145,12 @@ SCHEMA: dict[str, Any] = {
                            "generalise better to unseen speakers, and metrics/train.json "
                            "gives the val accuracy of both", min=0),
         "compile": _f("bool", False, "torch.compile the model (CUDA only; ignored on CPU)"),
+        "precision": _f("str", "auto", "training arithmetic: auto = bf16 autocast on GPUs "
+                        "that compute it natively, fp16 with loss scaling on older GPUs, "
+                        "fp32 on CPU", choices=("auto", "fp32", "bf16", "fp16")),
+        "lr_scaling": _f("str", "none", "learning rate under torchrun with N ranks (the batch "
+                         "is N x train.batch_size): none keeps train.lr, linear multiplies it "
+                         "by N, sqrt by the square root of N", choices=("none", "linear", "sqrt")),
         "shard_window": _f("int", 0, "crops come from this many feature shards at a time, a "
                            "window that moves on by one shard every train.window_steps steps, "
                            "so that reads stay mostly in the page cache when the features "

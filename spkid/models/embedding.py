@@ -9,7 +9,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from spkid.core.device import autocast
 from spkid.features.store import FeatureStore
 
 
@@ -65,8 +64,9 @@ def embed_crops(model, store: FeatureStore, pos: np.ndarray, starts: np.ndarray,
             batch = np.asarray(batch, np.int64)
             x, mask = store.crops(pos[batch], starts[batch], lengths[batch])
             x, mask = torch.from_numpy(x).to(device), torch.from_numpy(mask).to(device)
-            with autocast(device):
-                e, z = model(x, mask) if predict else (model.embed(x, mask), None)
+            # float32 whatever training used: the numerics of `verify` and ONNX, so the
+            # shipped threshold is measured on the scores users will compute.
+            e, z = model(x, mask) if predict else (model.embed(x, mask), None)
             out.embeddings[batch] = e.float().cpu().numpy()
             if z is None:
                 continue

@@ -56,7 +56,7 @@ def train(model, batches, validation: Validation, p, *, device: torch.device,
         x, mask, y = (v.to(device, non_blocking=True) for v in (x, mask, y))
         with torch.no_grad():
             x = augment(x, mask)
-        with autocast(device):
+        with autocast(device, run.dtype):
             emb, logits = forward(x, mask, y, margin=margin_at(step))
         loss = F.cross_entropy(logits.float(), y)
         run.update(loss, t.clip_grad)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from spkid.core.device import needs_loss_scaling, training_dtype
 from spkid.train.schedule import phase_schedule
 
 
@@ -57,15 +58,16 @@ class RunState:
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, phase_schedule(t))
-        use_scaler = device.type == "cuda" and not torch.cuda.is_bf16_supported()
-        self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+        self.dtype = training_dtype(device, t.precision)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=needs_loss_scaling(self.dtype))
         self.progress = TrainResult()
 
     def restore(self, snapshot: dict) -> None:
         self.model.load_state_dict(snapshot["model"])
         self.optimizer.load_state_dict(snapshot["optimizer"])
         self.schedule.load_state_dict(snapshot["schedule"])
-        self.scaler.load_state_dict(snapshot["scaler"])
+        if self.scaler.is_enabled() and snapshot["scaler"]:  # {} from a run without scaling
+            self.scaler.load_state_dict(snapshot["scaler"])
         torch.set_rng_state(snapshot["rng_cpu"])
         if self.device.type == "cuda" and snapshot.get("rng_cuda") is not None:
             torch.cuda.set_rng_state(snapshot["rng_cuda"], self.device)
@@ -84,7 +86,7 @@ class RunState:
                 "progress": progress}
 
     def update(self, loss, clip_grad: float) -> None:
-        """One optimizer step on `loss`: backward (scaled on fp16 CUDA), clipping, AdamW,
+        """One optimizer step on `loss`: backward (scaled under fp16), clipping, AdamW,
         the schedule."""
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
