@@ -27,7 +27,8 @@ def one_line_errors(fn):
             return fn(*args, **kwargs)
         except SpkidError as exc:
             advice = f" ({remedy(exc.output)})" if isinstance(exc, StaleInputError) else ""
-            print(f"spkid: error: {exc}{advice}", file=sys.stderr)
+            if not exc.every_rank or os.environ.get("RANK", "0") == "0":
+                print(f"spkid: error: {exc}{advice}", file=sys.stderr)
             raise typer.Exit(2) from None
     return wrapper
 

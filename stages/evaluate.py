@@ -2,7 +2,10 @@
 the pictures in metrics/plots/ and the DET points in metrics/det/.
 
 With data.verify_dir or evaluate.trials it also scores verification on unseen speakers
-("verify" in metrics/eval.json): the recordings download listed in data/raw/verify.parquet."""
+("verify" in metrics/eval.json): the recordings download listed in data/raw/verify.parquet.
+
+Under torchrun every rank embeds its share of every set and rank 0 writes; the metrics are
+those of one process."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import typer
 
+from spkid.core import distributed
 from spkid.core.atomic import atomic_dir, write_json
 from spkid.core.params import load_params
 from spkid.data.manifest import read_manifest
@@ -36,22 +40,26 @@ def evaluate(params: Path = ParamsOption):
     """Score val and test (and unseen speakers); write metrics/eval.json and the pictures."""
     started = time.perf_counter()
     p = load_params(params)
-    scoring = Scoring.open(MODEL, FEATURES, p.train.device)
+    rank, world, device = distributed.start(p.train.device)
+    scoring = Scoring.open(MODEL, FEATURES, device, rank, world)
     views = read_views(VIEWS, (*ROLES, "train"))
     # Training mean and AS-norm cohort (from training views), kept for export.
     norm = ScoreNorm.from_views(p.evaluate, views.pop("train"), lambda v: scoring.embed(
         v, p.evaluate.batch_frames).embeddings)
-    with atomic_dir(SCORE_NORM) as tmp:
-        norm.save(tmp)
     report, curves, outputs = score_roles(scoring, views, p.evaluate, norm)
     rows, meta = read_manifest(UNSEEN_MANIFEST) if UNSEEN_MANIFEST.exists() else ([], {})
     if meta.get("kind") is not None:
-        if scoring.precomputed:
+        if scoring.precomputed and rank == 0:
             print("spkid: warning: the model was trained on precomputed (HW4) features; spkid's "
                   "log-mels of the verification audio cannot reproduce the data set's own "
                   "extraction exactly, so the verification EER is pessimistic", file=sys.stderr)
         report["verify"], curves["verify"] = score_unseen(scoring, rows, meta, p.evaluate, norm,
                                                           progress=sys.stderr.isatty())
+    distributed.finish(world)
+    if rank != 0:
+        return
+    with atomic_dir(SCORE_NORM) as tmp:
+        norm.save(tmp)
     write_det_curves(DET_DIR, curves)
     write_json(EVAL_METRICS, report)
     write_json(CONFUSIONS, evaluation_plots(

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 
+from spkid.core import distributed
 from spkid.core.atomic import atomic_dir
 from spkid.core.install import onnx_missing
 from spkid.core.params import load_params
@@ -31,10 +32,14 @@ def export(params: Path = ParamsOption):
     """Predict the submit utterances and package the model with its threshold."""
     started = time.perf_counter()
     p = load_params(params)
-    scoring = Scoring.open(MODEL, FEATURES, p.train.device)
+    rank, world, device = distributed.start(p.train.device)
+    scoring = Scoring.open(MODEL, FEATURES, device, rank, world)
     model, config = scoring.model, scoring.config
     submit = read_views(VIEWS, ["submit"])["submit"]
     predicted = [config["speakers"][k] for k in scoring.embed(submit, p.evaluate.batch_frames).predicted]
+    distributed.finish(world)  # under torchrun the ranks shared the embedding; rank 0 writes
+    if rank != 0:
+        return
     scores = json.loads(EVAL_METRICS.read_text())
     # The val split chose the model, so its EER threshold is the operating point we ship,
     # of the score normalised as evaluate measured it (issue 9).

@@ -49,8 +49,8 @@ def train(params: Path = ParamsOption):
     config, model = train_run.new_model(p, store.n_mels, classes, meta, rank)
     batches = training_batches(store, pq.read_table(SEGMENTS), p.train, rank, world,
                                augment=augment, speakers=len(speakers))
-    start = train_run.begin(FILES, fingerprint(p, [SEGMENTS, SPEAKERS, VIEWS]),
-                            p.train.average_last, rank)
+    start = train_run.begin(FILES, fingerprint(p, meta, [SEGMENTS, SPEAKERS, VIEWS]),
+                            p.train.average_last, model, rank, world)
     for note in start.notes:
         print(f"[train] {note}", flush=True)
     if world > 1:
@@ -60,6 +60,6 @@ def train(params: Path = ParamsOption):
     distributed.finish(world)
     if rank != 0:
         return
-    average = train_run.finish(FILES, p, config, model, result, start, validation, device)
+    average = train_run.finish(FILES, p, config, model, result, start, validation, device, world)
     summary("train", train_run.summary_text(result, device, world, average),
             time.perf_counter() - started)

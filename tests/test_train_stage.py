@@ -17,7 +17,7 @@ import yaml
 
 BIN = Path(sys.executable).parent
 PARAMS = {
-    "data": {"synthetic": {"speakers": 4, "utterances_per_speaker": 6, "submit_per_speaker": 0,
+    "data": {"synthetic": {"speakers": 4, "utterances_per_speaker": 10, "submit_per_speaker": 1,
                            "min_seconds": 1.0, "max_seconds": 1.5}},
     "index": {"val_fraction": 0.2, "test_fraction": 0.2},
     # The default encoder (ECAPA-TDNN: BatchNorm statistics must resume too), small.
@@ -103,6 +103,63 @@ def test_sigkill_then_resume_equals_uninterrupted_run(prepared, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def start_and_kill_at(work, step):
+    """`spkid train` killed with kill -9 once its checkpoint holds `step`; the checkpoint."""
+    proc = subprocess.Popen([str(BIN / "spkid"), "train"], cwd=work, env=env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = work / "data/checkpoints/last.pt"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if last.exists() and torch.load(last, weights_only=True)["progress"]["step"] >= step:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "training finished before it could be killed"
+    proc.kill()
+    proc.wait()
+    return last
+
+
+def first_lines_of_train(work, count=2):
+    """The first `count` lines `spkid train` prints (then it is stopped): what it decided."""
+    proc = subprocess.Popen([str(BIN / "spkid"), "train"], cwd=work, env=env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        return [proc.stdout.readline() for _ in range(count)]
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.parametrize("changed", [{"n_mels": 32}, {"n_fft": 512}, {"dtype": "float16"}])
+def test_a_checkpoint_of_other_features_starts_afresh_in_one_line(prepared, tmp_path, changed):
+    """kill -9, change a feature param, re-run features and index: train starts afresh with
+    a note (n_mels used to die in load_state_dict; n_fft and dtype resumed silently)."""
+    work = fresh_copy(prepared, tmp_path / "w")
+    last = start_and_kill_at(work, 10)
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["features"] = changed
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    spkid(work, "features")
+    spkid(work, "index")
+    lines = first_lines_of_train(work)
+    assert lines[0] == f"[train] {last.relative_to(work)} is from other params or data: starting afresh\n"
+    assert "Traceback" not in "".join(lines) and "resuming" not in "".join(lines)
+
+
+def test_how_a_run_computes_does_not_discard_its_checkpoint(prepared, tmp_path):
+    """train.num_workers, device, compile and checkpoint_every change how, not what: the
+    checkpoint is resumed."""
+    work = fresh_copy(prepared, tmp_path / "w")
+    last = start_and_kill_at(work, 10)
+    step = torch.load(last, weights_only=True)["progress"]["step"]
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["train"].update({"num_workers": 1, "device": "cpu", "compile": True,
+                            "checkpoint_every": 7})
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    assert first_lines_of_train(work, 1) == [f"[train] resuming from step {step} of "
+                                             f"{last.relative_to(work)}\n"]
+
+
 def test_changed_params_do_not_resume(prepared, tmp_path):
     work = fresh_copy(prepared, tmp_path / "w")
     ckpt = work / "data/checkpoints"
@@ -145,27 +202,92 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_torchrun_two_cpu_processes_gloo(prepared, tmp_path):
-    work = fresh_copy(prepared, tmp_path / "ddp")
-    params = yaml.safe_load((work / "params.yaml").read_text())
-    params["train"]["steps"] = 20
-    (work / "params.yaml").write_text(yaml.safe_dump(params))
-    out = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-         "--master_addr=127.0.0.1", f"--master_port={free_port()}", "-m", "stages.cli", "train"],
-        cwd=work, env=env(), capture_output=True, text=True, timeout=300)
+def torchrun(cwd, *args, wait=True):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+           "--master_addr=127.0.0.1", f"--master_port={free_port()}", "-m", "stages.cli", *args]
+    if not wait:
+        return subprocess.Popen(cmd, cwd=cwd, env=env(), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+    out = subprocess.run(cmd, cwd=cwd, env=env(), capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
-    total = sum(pq.read_table(work / "data/index/segments.parquet")["windows"].to_pylist())
+    return out
+
+
+def kill_job(proc) -> None:
+    """kill -9 a torchrun job: the launcher and its workers (each in a session of its own)."""
+    proc.send_signal(signal.SIGSTOP)  # the launcher must not react to its workers' deaths
+    workers = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    for pid in workers:
+        os.kill(int(pid), signal.SIGKILL)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+DDP = {"steps": 60, "valid_every": 20, "checkpoint_every": 10, "average_last": 3}
+
+
+def test_torchrun_two_ranks_resume_after_kill_and_score_as_one_process(prepared, tmp_path):
+    """Two gloo ranks: killed with kill -9 at a checkpoint and resumed, training ends with
+    the weights of an uninterrupted two-rank run (each rank restores its own RNG state:
+    dropout and SpecAugment draw differently on each); a one-process run does not resume
+    their checkpoint; evaluate and export under torchrun write what one process writes."""
+    whole = fresh_copy(prepared, tmp_path / "whole")
+    params = yaml.safe_load((whole / "params.yaml").read_text())
+    params["train"].update(DDP)
+    (whole / "params.yaml").write_text(yaml.safe_dump(params))
+    killed = fresh_copy(whole, tmp_path / "killed")
+
+    out = torchrun(whole, "train")
+    total = sum(pq.read_table(whole / "data/index/segments.parquet")["windows"].to_pylist())
     counts = {}
     for rank in (0, 1):
         line = next(l for l in out.stdout.splitlines() if l.startswith(f"[train] rank {rank} of 2"))
         counts[rank] = int(line.split(": ")[1].split()[0])  # crop windows of this rank
     assert counts[0] + counts[1] == total and abs(counts[0] - counts[1]) <= 1
-    assert out.stdout.count("[train] 20 steps") == 1  # only rank 0 reports and writes
-    metrics = json.loads((work / "metrics/train.json").read_text())
-    assert metrics["steps"] == 20
-    state = torch.load(work / "data/model/model.pt", weights_only=True)
-    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+    assert out.stdout.count("[train] 60 steps") == 1  # only rank 0 reports and writes
+    expected = json.loads((whole / "metrics/train.json").read_text())
+    assert (expected["world_size"], expected["batch_per_rank"], expected["effective_batch"]) \
+        == (2, 16, 32)
+
+    job = torchrun(killed, "train", wait=False)
+    last = killed / "data/checkpoints/last.pt"
+    deadline = time.time() + 180
+    while time.time() < deadline and job.poll() is None:
+        if last.exists() and torch.load(last, weights_only=True)["progress"]["step"] >= 20:
+            break
+        time.sleep(0.05)
+    assert job.poll() is None, "training finished before it could be killed"
+    kill_job(job)
+    snapshot = torch.load(last, weights_only=True)
+    assert len(snapshot["rng"]) == 2 and not torch.equal(snapshot["rng"][0]["cpu"],
+                                                         snapshot["rng"][1]["cpu"])
+    step = snapshot["progress"]["step"]
+    assert 20 <= step < 60
+
+    alone = spkid(killed, "train", check=False)  # one process: refused, in one line
+    assert alone.returncode == 2 and alone.stderr.count("\n") == 1, alone.stderr
+    assert ("data/checkpoints/last.pt was written by a run of 2 ranks and this run has 1: "
+            "run it with 2 ranks again") in alone.stderr
+    assert torch.load(last, weights_only=True)["progress"]["step"] == step
+
+    out = torchrun(killed, "train")
+    assert f"resuming from step {step}" in out.stdout
+    assert json.loads((killed / "metrics/train.json").read_text()) == expected
+    a = torch.load(whole / "data/model/model.pt", weights_only=True)
+    b = torch.load(killed / "data/model/model.pt", weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    for stage in ("evaluate", "export"):
+        spkid(whole, stage)
+        torchrun(killed, stage)
+    assert (json.loads((killed / "metrics/eval.json").read_text())
+            == json.loads((whole / "metrics/eval.json").read_text()))
+    report = json.loads((whole / "metrics/eval.json").read_text())
+    assert report["test"]["eer"] is not None and report["val"]["target_trials"] > 0
+    shipped = [json.loads((w / "data/export/model/model.json").read_text()) for w in (whole, killed)]
+    assert shipped[0] == shipped[1] and shipped[0]["eer_threshold"] is not None
+    assert ((killed / "data/export/submission.csv").read_text()
+            == (whole / "data/export/submission.csv").read_text())
 
 
 def test_an_empty_test_role_is_reported_not_a_traceback(tmp_path):

@@ -317,3 +317,85 @@ def test_shard_window_off_or_wider_than_the_data_changes_no_crop_position():
             assert torch.equal(a, b)
     wide = SegmentBatches(store, segments, 8, seed=1, steps=5, shard_window=10, window_steps=2)
     assert sorted(wide.window.shards[wide.window.active(3)].tolist()) == [0, 1, 2]
+
+
+def test_averaging_and_the_best_model_stay_within_the_fine_tuning_phase():
+    """With train.finetune.steps the model comes from that phase: the states kept for
+    averaging and the best checkpoint are all from validations after train.steps, however
+    large train.average_last is."""
+    store, labels = toy_store()
+    p = validate_params({"model": PARAMS.model.to_dict(), "loss": PARAMS.loss.to_dict(),
+                         "train": {**PARAMS.train.to_dict(), "steps": 20, "valid_every": 5,
+                                   "average_last": 10,
+                                   "finetune": {"steps": 10, "crop_frames": 32}}})
+    torch.manual_seed(0)
+    model = build_model({"model": p.model.to_dict(), "loss": p.loss.to_dict(), "n_mels": N_MELS,
+                         "speakers": ["a", "b", "c"], "features": {}})
+    kept, best, logged = [], [], []
+    hooks = RunHooks(save_best=lambda w: best.append(len(logged)),
+                     log=lambda metrics, step: logged.append(step),
+                     save_validated=lambda w, step: kept.append(step))
+    batches = SegmentBatches(store, segments_for(store, labels), 8, 0, 30)
+    result = train(model, batches, Validation.sample(store, views_for(store, labels), p.train, 400),
+                   p, device=torch.device("cpu"), hooks=hooks, progress=False)
+    assert logged == [5, 10, 15, 20, 25, 30]  # validations of both phases are logged
+    assert kept == [25, 30] and result.best_step in (25, 30)
+    assert all(logged[n - 1] > 20 for n in best)
+
+
+@pytest.mark.parametrize("rule,world,factor", [("none", 4, 1.0), ("linear", 4, 4.0),
+                                               ("sqrt", 4, 2.0), ("linear", 1, 1.0)])
+def test_lr_scaling_multiplies_both_phases_learning_rates(rule, world, factor):
+    from spkid.train.run import batch_summary
+    from spkid.train.state import RunState
+    p = validate_params({"train": {"lr": 1e-3, "warmup_steps": 0, "steps": 4, "lr_scaling": rule,
+                                   "finetune": {"steps": 2, "lr": 1e-4}}})
+    run = RunState(torch.nn.Linear(2, 2), p.train, torch.device("cpu"), world)
+    rates = []
+    for _ in range(6):
+        rates.append(run.optimizer.param_groups[0]["lr"])
+        run.optimizer.step()
+        run.schedule.step()
+    assert rates[0] == pytest.approx(1e-3 * factor) and rates[-1] == pytest.approx(1e-4 * factor)
+    summary = batch_summary(p.train, world)
+    assert summary == {"world_size": world, "batch_per_rank": 32, "effective_batch": 32 * world,
+                       "lr": pytest.approx(1e-3 * factor)}
+
+
+def test_a_checkpoint_of_another_shape_or_world_size_is_not_resumed(tmp_path):
+    from spkid.core.errors import WorldSizeChanged
+    from spkid.train.checkpoints import resumable
+    last, best = tmp_path / "last.pt", tmp_path / "best.pt"
+    model = torch.nn.Linear(3, 2)
+    torch.save({"fingerprint": "f", "progress": {"step": 5, "best_step": 0},
+                "model": torch.nn.Linear(4, 2).state_dict(), "rng": [{}]}, last)
+    assert resumable(last, best, "f", 1, model) == (
+        None, f"{last} holds a model of other shapes: starting afresh")
+    torch.save({"fingerprint": "f", "progress": {"step": 5, "best_step": 0},
+                "model": model.state_dict(), "rng": [{}, {}]}, last)
+    assert resumable(last, best, "f", 2, model)[0]["progress"]["step"] == 5
+    with pytest.raises(WorldSizeChanged, match="a run of 2 ranks and this run has 4"):
+        resumable(last, best, "f", 4, model)
+
+
+def test_the_fingerprint_holds_what_changes_the_model_and_nothing_else(tmp_path):
+    from spkid.train.checkpoints import fingerprint
+    index = tmp_path / "segments.parquet"
+    index.write_bytes(b"index")
+    meta = {"dtype": "float32", "precomputed": False, "part": 3,
+            "features": {"n_mels": 40, "n_fft": 400}, "stats": {"frames": 10}}
+    base = fingerprint(validate_params({}), meta, [index])
+    for params in ({"train": {"num_workers": 2}}, {"train": {"device": "cpu"}},
+                   {"train": {"compile": True}}, {"train": {"checkpoint_every": 7}}):
+        assert fingerprint(validate_params(params), meta, [index]) == base, params
+    # A shard's own counters are not feature params.
+    assert fingerprint(validate_params({}), {**meta, "part": 0, "stats": {}}, [index]) == base
+    for params in ({"train": {"steps": 7}}, {"train": {"augment": {"specaugment": True}}},
+                   {"train": {"precision": "fp16"}}, {"model": {"channels": 64}},
+                   {"loss": {"m": 0.3}}, {"index": {"segment_len": 100}}):
+        assert fingerprint(validate_params(params), meta, [index]) != base, params
+    for changed in ({"features": {"n_mels": 40, "n_fft": 512}}, {"dtype": "float16"},
+                    {"precomputed": True}):
+        assert fingerprint(validate_params({}), {**meta, **changed}, [index]) != base, changed
+    index.write_bytes(b"other index")
+    assert fingerprint(validate_params({}), meta, [index]) != base

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import numpy as np
 import torch
 
 from spkid.core.device import pick_device
@@ -43,6 +44,28 @@ def gather(value: Any, world: int) -> list:
     out = [None] * world
     torch.distributed.all_gather_object(out, value)
     return out
+
+
+def share_buffers(model: torch.nn.Module, world: int) -> None:
+    """Rank 0's buffers (BatchNorm's running statistics) on every rank. DDP sends them at
+    each forward, after which every rank's forward moves its own: ranks that score a model
+    together first take rank 0's, the model rank 0 saves."""
+    if world == 1:
+        return
+    for buffer in model.buffers():
+        torch.distributed.broadcast(buffer.data, src=0)
+
+
+def add_up(array: np.ndarray | None, world: int) -> np.ndarray | None:
+    """The sum of every rank's `array` (same shape and dtype), on every rank. Ranks that
+    each fill their own rows of a zero array so assemble the whole exactly (x + 0 is x)."""
+    if world == 1 or array is None:
+        return array
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    if torch.distributed.get_backend() == "nccl":
+        tensor = tensor.cuda()
+    torch.distributed.all_reduce(tensor)
+    return tensor.cpu().numpy()
 
 
 def finish(world: int) -> None:

@@ -4,6 +4,10 @@
 class SpkidError(Exception):
     """Base class: the message names the file or parameter at fault."""
 
+    # Raised by every rank of a torchrun job at once (a decision rank 0 broadcast): the
+    # CLI prints it on rank 0 only, so the user reads it once.
+    every_rank = False
+
 
 class ParamsError(SpkidError):
     """params.yaml is malformed, has an unknown key, or a value out of range."""
@@ -22,3 +26,9 @@ class StaleInputError(DataError):
     def __init__(self, message: str, output=None):
         super().__init__(message)
         self.output = output
+
+
+class WorldSizeChanged(DataError):
+    """A checkpoint to resume was written by a run of another number of ranks."""
+
+    every_rank = True

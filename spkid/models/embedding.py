@@ -47,12 +47,16 @@ def real_class_logits(logits: torch.Tensor, classes: np.ndarray | None) -> torch
 @torch.no_grad()
 def embed_crops(model, store: FeatureStore, pos: np.ndarray, starts: np.ndarray,
                 lengths: np.ndarray, batch_frames: int, device: torch.device, *,
-                predict: bool = True, labels=None, classes: np.ndarray | None = None
-                ) -> ViewOutputs:
+                predict: bool = True, labels=None, classes: np.ndarray | None = None,
+                share: tuple[int, int] = (0, 1)) -> ViewOutputs:
     """Embeddings of frames starts[k] .. starts[k] + lengths[k] of store position pos[k],
     in order. With `predict`, also the closed-set prediction (and with `labels` the rank of
     the true class) among the `classes` marked True (spkid.data.views.real_speakers; None =
-    all); without, only `model.embed` is called (an ONNX graph has nothing else)."""
+    all); without, only `model.embed` is called (an ONNX graph has nothing else).
+
+    `share` = (rank, world): only every world-th batch from the rank-th is embedded, the
+    other rows stay zero. Ranks that split the work so compute each row in the batch one
+    process would, so their sum (spkid.core.distributed.add_up) is its output bit for bit."""
     was_training = model.training
     model.eval()
     n = len(lengths)
@@ -60,7 +64,10 @@ def embed_crops(model, store: FeatureStore, pos: np.ndarray, starts: np.ndarray,
                       np.zeros(n, np.int64) if predict else None,
                       np.zeros(n, np.int64) if predict and labels is not None else None)
     try:
-        for batch in view_batches(lengths, batch_frames):
+        rank, world = share
+        for b, batch in enumerate(view_batches(lengths, batch_frames)):
+            if b % world != rank:
+                continue
             batch = np.asarray(batch, np.int64)
             x, mask = store.crops(pos[batch], starts[batch], lengths[batch])
             x, mask = torch.from_numpy(x).to(device), torch.from_numpy(mask).to(device)
@@ -81,14 +88,15 @@ def embed_crops(model, store: FeatureStore, pos: np.ndarray, starts: np.ndarray,
 
 
 def embed_views(model, store: FeatureStore, views, batch_frames: int, device: torch.device,
-                *, labels=None, max_frames: int = 0, classes: np.ndarray | None = None
-                ) -> ViewOutputs:
+                *, labels=None, max_frames: int = 0, classes: np.ndarray | None = None,
+                share: tuple[int, int] = (0, 1)) -> ViewOutputs:
     """Embeddings and closed-set predictions of whole views (column dict with source_id,
-    start_frame, num_frames), or of their middle `max_frames` frames, in order."""
+    start_frame, num_frames), or of their middle `max_frames` frames, in order (`share`:
+    as embed_crops)."""
     starts = np.asarray(views["start_frame"], np.int64)
     lengths = np.asarray(views["num_frames"], np.int64)
     if max_frames:
         starts = starts + np.maximum(0, lengths - max_frames) // 2
         lengths = np.minimum(lengths, max_frames)
     return embed_crops(model, store, store.positions(views["source_id"]), starts, lengths,
-                       batch_frames, device, labels=labels, classes=classes)
+                       batch_frames, device, labels=labels, classes=classes, share=share)

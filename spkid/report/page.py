@@ -93,7 +93,9 @@ def render_report(*, metrics: dict, train: dict, params: dict, defaults: dict,
     changed, version = changed_params(params, defaults), data_version(lock)
     training = (f"{train.get('steps', '?')} steps; best val accuracy "
                 f"{_num(train.get('best_val_accuracy'))} at step {train.get('best_step', '?')}; "
-                f"{train.get('parameters', 0):,} parameters")
+                f"{train.get('parameters', 0):,} parameters; "
+                f"{train.get('world_size', 1)} rank(s) x batch {train.get('batch_per_rank', '?')}"
+                f" = {train.get('effective_batch', '?')} crops a step at lr {train.get('lr', float('nan')):g}")
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>spkid report</title>",
         f"<style>{STYLE}</style></head><body>",

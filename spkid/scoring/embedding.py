@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from spkid.core import distributed
 from spkid.core.device import pick_device
 from spkid.data.audio import audio_info, read_audio
 from spkid.data.views import real_speakers
@@ -22,7 +23,11 @@ from spkid.models.folder import load_model_dir
 
 class ModelWithConfig:
     """What Scoring and AudioEmbedder share: a model (`model`, `device`) and its model.json
-    (`config`), whose feature params turn raw audio into the log-mels it was trained on."""
+    (`config`), whose feature params turn raw audio into the log-mels it was trained on.
+    Under torchrun (`rank` of `world`) every rank embeds its share of the inputs and every
+    rank gets all the embeddings; the calls must then come in the same order on every rank."""
+    rank: int = 0
+    world: int = 1
 
     @property
     def precomputed(self) -> bool:
@@ -32,9 +37,11 @@ class ModelWithConfig:
     def embed_recordings(self, paths, batch_frames: int, *, spans=None,
                          progress: bool = False) -> np.ndarray:
         """Raw embeddings of whole recordings (or their `spans`), in order."""
-        return embed_audio_files(self.model, LogMelExtractor.from_config(self.config["features"]),
-                                 paths, batch_frames, self.device, spans=spans,
-                                 progress=progress)
+        emb = embed_audio_files(self.model, LogMelExtractor.from_config(self.config["features"]),
+                                paths, batch_frames, self.device, spans=spans,
+                                progress=progress and self.rank == 0,
+                                share=(self.rank, self.world))
+        return distributed.add_up(emb, self.world)
 
 
 @dataclass
@@ -45,21 +52,27 @@ class Scoring(ModelWithConfig):
     config: dict
     device: torch.device
     store: FeatureStore
+    rank: int = 0
+    world: int = 1
 
     @classmethod
-    def open(cls, model_dir, features_dir, device: str) -> "Scoring":
-        where = pick_device(device)
+    def open(cls, model_dir, features_dir, device: str | torch.device, rank: int = 0,
+             world: int = 1) -> "Scoring":
+        where = device if isinstance(device, torch.device) else pick_device(device)
         model, config = load_model_dir(model_dir, where)
-        return cls(model, config, where, open_features(features_dir))
+        return cls(model, config, where, open_features(features_dir), rank, world)
 
     def embed(self, views, batch_frames: int, *, labels=None) -> ViewOutputs:
-        return embed_views(self.model, self.store, views, batch_frames, self.device, labels=labels,
-                           classes=real_speakers(self.config["speakers"]))
+        out = embed_views(self.model, self.store, views, batch_frames, self.device, labels=labels,
+                          classes=real_speakers(self.config["speakers"]),
+                          share=(self.rank, self.world))
+        return ViewOutputs(*(distributed.add_up(a, self.world)
+                             for a in (out.embeddings, out.predicted, out.true_rank)))
 
 
 def embed_audio_files(model, extractor, paths, batch_frames: int, device, *,
                       spans=None, extract_batch: int = 32, chunk_frames: int | None = None,
-                      progress: bool = False) -> np.ndarray:
+                      progress: bool = False, share: tuple[int, int] = (0, 1)) -> np.ndarray:
     """(len(paths), embedding_dim) float32 embeddings of whole recordings, in the order of
     `paths`: decode (spkid.data.audio.read_audio), log-mels with `extractor`, then the model's
     embedding on batches of similar length with padding masks, as for val/test views.
@@ -69,6 +82,8 @@ def embed_audio_files(model, extractor, paths, batch_frames: int, device, *,
     Files are handled in duration order (read from the headers), a chunk of about
     `chunk_frames` frames at a time (default 16 * batch_frames), so memory stays bounded
     whatever the number of files. A file that cannot be decoded raises DataError naming it.
+    `share` = (rank, world): only every world-th chunk is embedded, the other rows stay zero
+    (as spkid.models.embedding.embed_crops).
     """
     paths = [str(p) for p in paths]
     device = torch.device(device)
@@ -90,8 +105,10 @@ def embed_audio_files(model, extractor, paths, batch_frames: int, device, *,
         chunk.append(int(k))
         size += est[k]
     chunks.append(chunk)
+    rank, world = share
+    chunks = chunks[rank::world]
 
-    bar = tqdm(total=len(paths), desc="embed", unit="file", disable=not progress)
+    bar = tqdm(total=sum(map(len, chunks)), desc="embed", unit="file", disable=not progress)
     try:
         for chunk in chunks:
             feats = []

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from spkid.core import distributed
 from spkid.core.device import autocast
 from spkid.train.augment import augmentation
 from spkid.train.schedule import phase_margin
@@ -34,14 +35,14 @@ def train(model, batches, validation: Validation, p, *, device: torch.device,
     """Run optimizer steps up to `p.train.steps` (plus `p.train.finetune.steps` of
     large-margin fine-tuning) with the loss margin and augmentation the params ask for;
     `batches[k]` is batch k. With `world` > 1 the model is wrapped in
-    DistributedDataParallel; rank 0 alone validates and hands out through `hooks`."""
+    DistributedDataParallel: every rank validates a part of the val sample and resumes rank
+    0's snapshot with its own RNG state; rank 0 alone hands out through `hooks`."""
     t, margin_at, augment = p.train, phase_margin(p), augmentation(p)
     total = t.steps + t.finetune.steps
-    # With fine-tuning, data/model comes from its validations: that phase replaces the model.
-    boundary = t.steps if t.finetune.steps else 0
-    run = RunState(model, t, device)
+    boundary = finetune_boundary(t)
+    run = RunState(model, t, device, world)
     if resume is not None:
-        run.restore(resume)
+        run.restore(resume, rank)
     forward = _parallel(model, device, world, t.compile)
     loader = torch.utils.data.DataLoader(
         torch.utils.data.Subset(batches, range(run.progress.step, total)), batch_size=None,
@@ -64,14 +65,20 @@ def train(model, batches, validation: Validation, p, *, device: torch.device,
             correct = (model.head(emb.float()).argmax(1) == y).float().mean()
         run.progress.add_step(step, loss.detach(), correct)
         bar.update(1)
-        if rank == 0 and (step % t.valid_every == 0 or step in (t.steps, total)):
+        if step % t.valid_every == 0 or step in (t.steps, total):
+            # Every rank scores its part of the sample: no rank waits alone in the next
+            # all-reduce while rank 0 validates (NCCL's timeout).
             started = time.perf_counter()
-            metrics = _validate(run, validation, hooks, margin=margin_at(step), boundary=boundary)
+            distributed.share_buffers(model, world)
+            metrics = _validate(run, validation, hooks, margin=margin_at(step), boundary=boundary,
+                                rank=rank, world=world)
             run.progress.validation_seconds += time.perf_counter() - started
             bar.set_postfix(loss=f"{metrics['train/loss']:.3f}",
                             val=f"{metrics.get('val/accuracy', float('nan')):.3f}")
-        if rank == 0 and (step % t.checkpoint_every == 0 or step == total):
-            hooks.save_checkpoint(run.snapshot())
+        if step % t.checkpoint_every == 0 or step == total:
+            rngs = distributed.gather(run.rng_state(), world)
+            if rank == 0:
+                hooks.save_checkpoint(run.snapshot(rngs))
     bar.close()
     if validation.labels is None:
         run.progress.best_val_accuracy = float("nan")
@@ -89,23 +96,29 @@ def _parallel(model, device: torch.device, world: int, compile_model: bool):
     return forward
 
 
+def finetune_boundary(t) -> int:
+    """The last step before the phase the model comes from: with fine-tuning, data/model
+    comes from that phase's validations (best and averaged alike), else from any."""
+    return t.steps if t.finetune.steps else 0
+
+
 def _validate(run: RunState, validation: Validation, hooks: RunHooks, margin=None,
-              boundary: int = 0) -> dict:
+              boundary: int = 0, rank: int = 0, world: int = 1) -> dict:
     """Log the metrics since the last validation; save the best weights among the
-    validations after step `boundary`."""
+    validations after step `boundary` (rank 0; the others keep the same best step)."""
     state = run.progress
     metrics = {**state.close_window(), "lr": run.optimizer.param_groups[0]["lr"]}
     if margin is not None:  # a scheduled margin (loss.margin_warmup); else it is loss.m
         metrics["margin"] = float(margin)
     if validation.labels is not None:
-        metrics["val/accuracy"] = validation.accuracy(run.model, run.device)
+        metrics["val/accuracy"] = validation.accuracy(run.model, run.device, rank, world)
     hooks.log(metrics, state.step)
     # Without a val split the last model is the best we can tell.
     score = metrics.get("val/accuracy", state.step)
-    weights = run.weights()
+    weights = run.weights() if rank == 0 else None
     if state.step > boundary and (score > state.best_val_accuracy or state.best_step <= boundary):
         state.best_val_accuracy, state.best_step = score, state.step
         hooks.save_best(weights)
-    if hooks.save_validated is not None:
+    if hooks.save_validated is not None and state.step > boundary:
         hooks.save_validated(weights, state.step)
     return metrics

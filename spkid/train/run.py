@@ -11,8 +11,9 @@ from pathlib import Path
 
 import torch
 
+from spkid.core import distributed
 from spkid.core.atomic import atomic_dir, write_json
-from spkid.core.errors import DataError
+from spkid.core.errors import DataError, WorldSizeChanged
 from spkid.models.folder import (WEIGHTS, build_model, model_config, save_model_dir, save_torch,
                                  save_weights)
 from spkid.report.training_curves import dvclive_curves, training_curves
@@ -20,6 +21,7 @@ from spkid.train.averaging import ValidationCheckpoints, average_checkpoints
 from spkid.train.checkpoints import resumable
 from spkid.train.curves import CurveLog, trim_curves
 from spkid.train.loop import RunHooks
+from spkid.train.state import lr_factor
 from spkid.train.validation import Validation
 
 
@@ -64,36 +66,50 @@ class Start:
     notes: list[str]
 
 
-def begin(files: RunFiles, fingerprint: str, average_last: int, rank: int) -> Start:
-    """Rank 0 clears what a fresh run must not inherit and trims what a resumed run will
-    log again."""
-    resume, why = resumable(files.last, files.best, fingerprint)
-    if rank == 0 and resume is None:
+def begin(files: RunFiles, fingerprint: str, average_last: int, model, rank: int = 0,
+          world: int = 1) -> Start:
+    """Whether the run resumes, decided by rank 0 from its own checkpoint folder and sent to
+    the other ranks with the snapshot itself (no shared file system needed). Rank 0 clears
+    what a fresh run must not inherit and trims what a resumed run will log again; the
+    other ranks write nothing."""
+    decision = None
+    if rank == 0:
+        try:
+            decision = (*resumable(files.last, files.best, fingerprint, world, model), None)
+        except WorldSizeChanged as exc:
+            decision = (None, "", str(exc))
+    resume, why, refused = distributed.broadcast(decision, world)
+    if refused:
+        raise WorldSizeChanged(refused)
+    if rank != 0:
+        return Start(resume, ValidationCheckpoints(files.checkpoints, 0), RunHooks(), None, [])
+    if resume is None:
         shutil.rmtree(files.checkpoints, ignore_errors=True)
         shutil.rmtree(files.curves, ignore_errors=True)
     files.checkpoints.mkdir(parents=True, exist_ok=True)
     kept = ValidationCheckpoints(files.checkpoints, average_last)
-    notes = [why] if rank == 0 and why else []
+    notes = [why] if why else []
     if resume is not None:
         step = resume["progress"]["step"]
         notes.append(f"resuming from step {step} of {files.last}")
-        if rank == 0:  # validations logged after this checkpoint will be logged again: drop them
-            trim_curves(files.curves, step)
-            kept.drop_after(step)
-    log = CurveLog(files.curves, resume is not None) if rank == 0 else None
+        # Validations logged after this checkpoint will be logged again: drop them.
+        trim_curves(files.curves, step)
+        kept.drop_after(step)
+    log = CurveLog(files.curves, resume is not None)
     return Start(resume, kept, _hooks(files, fingerprint, log, kept), log, notes)
 
 
-def _hooks(files: RunFiles, fingerprint: str, log, kept: ValidationCheckpoints) -> RunHooks:
+def _hooks(files: RunFiles, fingerprint: str, log: CurveLog,
+           kept: ValidationCheckpoints) -> RunHooks:
     """Where the loop of spkid.train.loop hands its states and metrics: the run's files."""
     return RunHooks(save_best=lambda weights: save_torch(files.best, weights),
                     save_checkpoint=lambda snap: save_torch(files.last,
                                                             {**snap, "fingerprint": fingerprint}),
-                    log=log or RunHooks.log, save_validated=kept.save if kept.enabled else None)
+                    log=log, save_validated=kept.save if kept.enabled else None)
 
 
 def finish(files: RunFiles, p, config: dict, model, result, start: Start,
-           validation: Validation, device) -> dict:
+           validation: Validation, device, world: int = 1) -> dict:
     """Close the curve log and draw the training curves; write the model folder (the best
     checkpoint, or the average of the kept validation states) and the metrics file; remove
     the resumable state. Returns the averaging summary ({} without averaging)."""
@@ -117,12 +133,20 @@ def finish(files: RunFiles, p, config: dict, model, result, start: Start,
         "best_val_accuracy": result.best_val_accuracy, "best_step": result.best_step,
         "final_train_loss": result.final_train_loss,
         "final_train_accuracy": result.final_train_accuracy, "steps": result.step,
-        "parameters": sum(t.numel() for t in model.parameters()), **average})
+        "parameters": sum(t.numel() for t in model.parameters()), **average,
+        **batch_summary(p.train, world)})
     # A finished run leaves nothing to resume: a forced re-run trains again.
     files.last.unlink(missing_ok=True)
     files.best.unlink(missing_ok=True)
     kept.clear()
     return average
+
+
+def batch_summary(t, world: int) -> dict:
+    """How the run was spread (metrics/train.json): runs on different numbers of GPUs
+    differ here in `dvc exp show`."""
+    return {"world_size": world, "batch_per_rank": t.batch_size,
+            "effective_batch": world * t.batch_size, "lr": t.lr * lr_factor(t, world)}
 
 
 def summary_text(result, device, world: int, average: dict) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -48,42 +49,56 @@ class TrainResult:
         return {"train/loss": self.final_train_loss, "train/accuracy": self.final_train_accuracy}
 
 
+def lr_factor(t, world: int) -> float:
+    """What `train.lr_scaling` multiplies the learning rates by with `world` ranks, whose
+    effective batch is world x train.batch_size."""
+    return {"none": 1.0, "linear": float(world), "sqrt": math.sqrt(world)}[t.lr_scaling]
+
+
 class RunState:
     """Everything a run must carry to continue exactly: model, AdamW, the LR schedule, the
     gradient scaler, the RNG states and the progress. It saves itself as one snapshot
     (a dict of tensors and numbers, loadable with weights_only=True) and restores from one."""
 
-    def __init__(self, model, t, device: torch.device):
+    def __init__(self, model, t, device: torch.device, world: int = 1):
         self.model, self.device = model.to(device).train(), device
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr * lr_factor(t, world),
+                                           weight_decay=t.weight_decay)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, phase_schedule(t))
         self.dtype = training_dtype(device, t.precision)
         self.scaler = torch.amp.GradScaler(device.type, enabled=needs_loss_scaling(self.dtype))
         self.progress = TrainResult()
 
-    def restore(self, snapshot: dict) -> None:
+    def restore(self, snapshot: dict, rank: int = 0) -> None:
+        """Continue from `snapshot` (rank 0's, on every rank), with this rank's RNG state."""
         self.model.load_state_dict(snapshot["model"])
         self.optimizer.load_state_dict(snapshot["optimizer"])
         self.schedule.load_state_dict(snapshot["schedule"])
         if self.scaler.is_enabled() and snapshot["scaler"]:  # {} from a run without scaling
             self.scaler.load_state_dict(snapshot["scaler"])
-        torch.set_rng_state(snapshot["rng_cpu"])
-        if self.device.type == "cuda" and snapshot.get("rng_cuda") is not None:
-            torch.cuda.set_rng_state(snapshot["rng_cuda"], self.device)
+        rng = snapshot["rng"][rank]
+        torch.set_rng_state(rng["cpu"])
+        if self.device.type == "cuda" and rng.get("cuda") is not None:
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
         # Only the fields TrainResult has: a checkpoint of an older spkid may carry more.
         progress = {k: v for k, v in snapshot["progress"].items()
                     if k in TrainResult.__dataclass_fields__}
         self.progress = TrainResult(**{**progress, "window": Window(*progress["window"])})
 
-    def snapshot(self) -> dict:
+    def rng_state(self) -> dict:
+        """This rank's RNG states (dropout, augmentation), for `snapshot`."""
+        return {"cpu": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None}
+
+    def snapshot(self, rngs: list[dict]) -> dict:
+        """The state to resume from, with every rank's `rng_state()` in rank order (their
+        number is the world size the snapshot resumes under)."""
         progress = {k: v for k, v in self.progress.__dict__.items() if k != "validation_seconds"}
         progress["window"] = self.progress.window.as_list()
         return {"model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
                 "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
-                "scaler": self.scaler.state_dict(), "rng_cpu": torch.get_rng_state(),
-                "rng_cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
-                "progress": progress}
+                "scaler": self.scaler.state_dict(), "rng": rngs, "progress": progress}
 
     def update(self, loss, clip_grad: float) -> None:
         """One optimizer step on `loss`: backward (scaled under fp16), clipping, AdamW,

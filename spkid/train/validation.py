@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from spkid.core import distributed
 from spkid.data.views import real_speakers, take_views
 from spkid.features.store import FeatureStore
 from spkid.models.embedding import embed_views
@@ -42,10 +43,12 @@ class Validation:
         return cls(store, views, labels, batch_frames, t.valid_max_frames,
                    None if speakers is None else real_speakers(speakers))
 
-    def accuracy(self, model, device: torch.device) -> float | None:
-        """Closed-set accuracy of `model`; None without a val split."""
+    def accuracy(self, model, device: torch.device, rank: int = 0, world: int = 1
+                 ) -> float | None:
+        """Closed-set accuracy of `model`; None without a val split. Under torchrun each
+        rank scores every world-th view and every rank returns the same accuracy."""
         if self.labels is None:
             return None
         scored = embed_views(model, self.store, self.views, self.batch_frames, device,
-                             max_frames=self.max_frames, classes=self.classes)
-        return float((scored.predicted == self.labels).mean())
+                             max_frames=self.max_frames, classes=self.classes, share=(rank, world))
+        return float((distributed.add_up(scored.predicted, world) == self.labels).mean())
