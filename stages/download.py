@@ -36,10 +36,11 @@ from spkid.data.sources.collect import (RawFiles, external_source, local_path, s
                                         unseen_summary)
 from spkid.data.sources.unseen import scan_unseen_speakers
 from stages.common import ParamsOption, exclusive, one_line_errors, summary
-from stages.layout import AUDIO_CHECKS, DOWNLOADS, MANIFEST, RAW, SOURCE_STAMP, UNSEEN_MANIFEST
+from stages.layout import (AUDIO_CHECKS, DOWNLOADS, HELD_OUT, MANIFEST, RAW, SOURCE_STAMP,
+                           UNSEEN_MANIFEST)
 
 app = typer.Typer(add_completion=False)
-FILES = RawFiles(RAW, MANIFEST, SOURCE_STAMP, UNSEEN_MANIFEST, DOWNLOADS)
+FILES = RawFiles(RAW, MANIFEST, SOURCE_STAMP, UNSEEN_MANIFEST, DOWNLOADS, HELD_OUT)
 
 
 @app.command()
@@ -56,7 +57,7 @@ def download(params: Path = ParamsOption):
             local_path(p.data.verify_dir) if p.data.verify_dir is not None else None,
             local_path(p.evaluate.trials) if p.evaluate.trials is not None else None, checks)
         if p.data.source == "synthetic":
-            text = synthetic_corpus(p, FILES, unseen)
+            text, unseen = synthetic_corpus(p, FILES, unseen)
         else:
             text = external_source(p, FILES, unseen, checks)
     finally:

@@ -23,8 +23,8 @@ from spkid.data.manifest import read_manifest
 from spkid.data.views import read_views
 from spkid.report.evaluation_plots import evaluation_plots
 from spkid.scoring.embedding import Scoring
-from spkid.scoring.evaluation import (ROLES, score_roles, score_unseen, summary_text,
-                                      write_det_curves)
+from spkid.scoring.evaluation import (ROLES, score_roles, score_unseen, shipped_threshold,
+                                      summary_text, write_det_curves)
 from spkid.scoring.norm import ScoreNorm
 from stages.common import ParamsOption, exclusive, one_line_errors, summary
 from stages.layout import (CONFUSIONS, DET_DIR, EVAL_METRICS, FEATURES, MODEL, PLOTS, SCORE_NORM,
@@ -55,6 +55,7 @@ def evaluate(params: Path = ParamsOption):
                   "extraction exactly, so the verification EER is pessimistic", file=sys.stderr)
         report["verify"], curves["verify"] = score_unseen(scoring, rows, meta, p.evaluate, norm,
                                                           progress=sys.stderr.isatty())
+    report["shipped"] = shipped_threshold(report, norm.kind)
     distributed.finish(world)
     if rank != 0:
         return

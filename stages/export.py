@@ -10,13 +10,14 @@ import typer
 
 from spkid.core import distributed
 from spkid.core.atomic import atomic_dir
+from spkid.core.errors import StaleInputError
 from spkid.core.install import onnx_missing
 from spkid.core.params import load_params
 from spkid.data.views import read_views
 from spkid.models.folder import save_model_dir
 from spkid.scoring.embedding import Scoring
 from spkid.scoring.norm import ScoreNorm
-from spkid.serve.export import provenance, shipped_threshold, write_submission
+from spkid.serve.export import provenance, write_submission
 from spkid.serve.onnx import ONNX_FILE, export_onnx
 from stages.common import ParamsOption, exclusive, one_line_errors, summary
 from stages.layout import (EVAL_METRICS, EXPORT, EXPORT_MODEL, FEATURES, MODEL, SCORE_NORM,
@@ -41,15 +42,19 @@ def export(params: Path = ParamsOption):
     if rank != 0:
         return
     scores = json.loads(EVAL_METRICS.read_text())
-    # The val split chose the model, so its EER threshold is the operating point we ship,
-    # of the score normalised as evaluate measured it (issue 9).
     norm = ScoreNorm.load(SCORE_NORM)
-    threshold = shipped_threshold(scores, norm.kind)
+    if "shipped" not in scores:
+        raise StaleInputError(f"{EVAL_METRICS} has no shipped threshold (from an older spkid)",
+                              EVAL_METRICS)
+    shipped = scores["shipped"]  # evaluate's choice, of the score normalised as it measured
+    threshold = shipped["eer_threshold"]
+    source = f"{shipped['role']} EER" + (" (seen speakers)" if shipped["seen_speakers"] else "")
     with atomic_dir(EXPORT) as tmp:
         write_submission(tmp / SUBMISSION.name, submit["utterance_id"].to_pylist(), predicted)
         state = {k: v.cpu() for k, v in model.state_dict().items()}
         save_model_dir(tmp / EXPORT_MODEL.name, state, {
-            **config, "eer_threshold": threshold, "threshold_from": "val EER",
+            **config, "eer_threshold": threshold, "threshold_from": source,
+            **({"calibration": shipped["calibration"]} if "calibration" in shipped else {}),
             "score": norm.kind or "cosine", **provenance()})
         if norm.kind:
             norm.save(tmp / EXPORT_MODEL.name)
@@ -58,5 +63,5 @@ def export(params: Path = ParamsOption):
         elif p.export.onnx:
             print(f"[export] no {ONNX_FILE}: {onnx_missing()}")
     summary("export", f"{len(predicted)} submission rows, model with threshold "
-            f"{threshold if threshold is None else round(threshold, 4)}",
+            f"{threshold if threshold is None else round(threshold, 4)} (from {source})",
             time.perf_counter() - started)

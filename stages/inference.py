@@ -12,6 +12,7 @@ import typer
 
 from spkid.core.atomic import check_writable
 from spkid.core.errors import DataError
+from spkid.scoring.calibration import bayes_threshold
 from spkid.serve.embedder import AudioEmbedder
 from spkid.serve.inputs import audio_inputs, recording, write_embeddings
 from stages.common import one_line_errors
@@ -48,15 +49,26 @@ def embed(inputs: list[Path] = InputsArgument,
 @one_line_errors
 def verify(a: Path = typer.Argument(..., help="first recording"),
            b: Path = typer.Argument(..., help="second recording"),
-           model: Path = ModelOption, device: str = DeviceOption):
+           model: Path = ModelOption, device: str = DeviceOption,
+           p_target: float = typer.Option(0.5, "--p-target", min=1e-6, max=1 - 1e-6,
+                                          help="prior of a same-speaker pair, for the Bayes "
+                                          "decision on the calibrated LLR")):
     """Score of two recordings (cosine, normalised as the model was exported) and a
-    same/different decision at the EER threshold."""
+    same/different decision: on the calibrated log-likelihood ratio at the Bayes threshold
+    of --p-target when the model carries a calibration, else at the EER threshold."""
     a, b, embedder = recording(a), recording(b), _load(model, device)
-    if embedder.threshold is None:
+    calibration = embedder.calibration
+    if embedder.threshold is None and calibration is None:
         raise DataError(f"{model}: model.json has no eer_threshold (export a model that was evaluated)")
     score = embedder.pair_score(a, b)
-    print(f"score {score:.4f} threshold {embedder.threshold:.4f} -> "
-          f"{'same' if score >= embedder.threshold else 'different'} speaker")
+    if calibration is None:
+        same = score >= embedder.threshold
+        print(f"score {score:.4f} threshold {embedder.threshold:.4f} -> "
+              f"{'same' if same else 'different'} speaker")
+        return
+    llr, threshold = float(calibration.llr(score)), bayes_threshold(p_target)
+    print(f"score {score:.4f} llr {llr:.3f} Bayes threshold {threshold:.3f} (p_target "
+          f"{p_target:g}) -> {'same' if llr >= threshold else 'different'} speaker")
 
 
 @app.command()

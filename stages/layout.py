@@ -7,6 +7,7 @@ RAW = Path("data/raw")
 MANIFEST = RAW / "manifest.parquet"
 SOURCE_STAMP = RAW / "source.json"
 UNSEEN_MANIFEST = RAW / "verify.parquet"  # verification audio (data.verify_dir / evaluate.trials)
+HELD_OUT = RAW / "held_out.parquet"  # synthetic speakers held out of training (data.synthetic.unseen_speakers)
 DOWNLOADS = Path("data/downloads")  # download cache, outside every DVC out
 AUDIO_CHECKS = DOWNLOADS / "audio-checks.parquet"  # recordings checked to decode, by size+mtime
 FEATURES = Path("data/features")
@@ -31,4 +32,4 @@ CONFUSIONS = PLOTS / "confusions.json"
 REPORT = METRICS / "report.html"  # everything above in one self-contained page
 # The stage that writes each folder (what to run again when one is missing or stale).
 PRODUCERS = {RAW: "download", FEATURES: "features", INDEX: "index", MODEL: "train",
-             SCORE_NORM: "evaluate", EXPORT: "export"}
+             SCORE_NORM: "evaluate", EVAL_METRICS: "evaluate", EXPORT: "export"}

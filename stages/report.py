@@ -14,6 +14,7 @@ import typer
 import yaml
 
 from spkid.core.atomic import atomic_path
+from spkid.core.errors import DataError
 from spkid.core.params import defaults, load_params
 from spkid.report.page import render_report
 from stages.common import ParamsOption, exclusive, one_line_errors, summary
@@ -36,7 +37,7 @@ def report(params: Path = ParamsOption):
     started = time.perf_counter()
     p = load_params(params)
     page = render_report(
-        metrics=json.loads(EVAL_METRICS.read_text()), train=json.loads(TRAIN_METRICS.read_text()),
+        metrics=_metrics(EVAL_METRICS, "evaluate"), train=_metrics(TRAIN_METRICS, "train"),
         params=p.to_dict(), defaults=defaults(),
         lock=yaml.safe_load(LOCK.read_text()) if LOCK.exists() else None,
         images=[(path, caption) for path, caption in PICTURES if path.exists()],
@@ -45,3 +46,13 @@ def report(params: Path = ParamsOption):
         Path(tmp).write_text(page, encoding="utf-8")
     summary("report", f"{REPORT} ({len(page) / 1e3:.0f} kB, self-contained)",
             time.perf_counter() - started)
+
+
+def _metrics(path: Path, stage: str) -> dict:
+    """A metrics file the report is made from; a missing or unreadable one is one line."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path}: not found (run `spkid {stage}` or `dvc repro`)") from None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: not readable JSON ({exc}); run `spkid {stage}` again") from None

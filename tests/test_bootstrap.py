@@ -50,3 +50,61 @@ def test_replicates_are_seeded_and_the_interval_holds_the_estimate():
     assert np.array_equal(first, again)
     low, high = interval(first)
     assert low < eer(scores, labels)[0] < high
+
+
+def test_verification_summary_is_eer_and_min_dcf_from_one_sort():
+    from spkid.scoring.metrics import verification_summary
+    scores, labels = trials(3)
+    w = np.random.default_rng(2).integers(0, 3, len(scores))
+    assert verification_summary(scores, labels, w) == {
+        "eer": eer(scores, labels, w)[0], "min_dcf_p01": min_dcf(scores, labels, 0.01, weights=w),
+        "min_dcf_p05": min_dcf(scores, labels, 0.05, weights=w)}
+
+
+def _speaker_trials(rng, speakers=30, per=6, offset_sd=0.6):
+    """Scores with speaker effects: every trial of speaker s is shifted by its own offset, so
+    trials of one speaker are not independent (what resampling speakers is for)."""
+    from spkid.scoring.trials import sample_trials
+    ids = np.repeat(np.arange(speakers), per)
+    i, j, labels = sample_trials(list(ids), int(rng.integers(1 << 30)), 3.0, 10 ** 6)
+    offset = rng.normal(0, offset_sd, speakers)
+    scores = rng.normal(2.0 * labels + offset[ids[i]] + offset[ids[j]], 1.0)
+    return scores, labels, ids[i], ids[j]
+
+
+@pytest.mark.parametrize("by,offset_sd", [("speakers", 0.6), ("trials", 0.0)])
+def test_intervals_cover_the_true_eer_at_about_the_stated_rate(by, offset_sd):
+    """Simulated test sets from one population: the 95 % interval should hold the
+    population's EER in about 95 % of them: resampling speakers where trials of one speaker
+    share its offset, resampling trials where they are independent. Where they are not,
+    trial intervals come out narrower than speaker intervals: too narrow."""
+    from spkid.scoring.bootstrap import Bootstrap
+    from spkid.scoring.metrics import verification_summary
+    rng = np.random.default_rng(11)
+    big = [_speaker_trials(rng, speakers=400, offset_sd=offset_sd) for _ in range(5)]
+    truth = np.mean([eer(s, lab)[0] for s, lab, *_ in big])
+    covered, sets, widths = 0, 60, {"speakers": [], "trials": []}
+    for k in range(sets):
+        scores, labels, a, b = _speaker_trials(rng, offset_sd=offset_sd)
+        stat = lambda w: verification_summary(scores, labels, w)  # noqa: E731
+        ci = Bootstrap(200, k, by).intervals(stat, len(labels), a, b)
+        assert ci["bootstrap"] == {"by": by, "rounds": 200}
+        covered += ci["eer_ci95"]["low"] <= truth <= ci["eer_ci95"]["high"]
+        if by == "speakers" and k < 10:
+            for way in widths:
+                got = Bootstrap(200, k, way).intervals(stat, len(labels), a, b)["eer_ci95"]
+                widths[way].append(got["high"] - got["low"])
+    assert 0.85 <= covered / sets <= 1.0, covered / sets
+    if by == "speakers":
+        assert np.mean(widths["trials"]) < 0.8 * np.mean(widths["speakers"]), widths
+
+
+def test_no_rounds_no_intervals_and_unknown_speakers_resample_trials():
+    from spkid.scoring.bootstrap import Bootstrap
+    from spkid.scoring.metrics import verification_summary
+    scores, labels = trials(4)
+    stat = lambda w: verification_summary(scores, labels, w)  # noqa: E731
+    assert Bootstrap(0, 0).intervals(stat, len(labels)) == {}
+    ci = Bootstrap(50, 0, "speakers").intervals(stat, len(labels))
+    assert ci["bootstrap"]["by"] == "trials"
+    assert ci["eer_ci95"]["low"] <= eer(scores, labels)[0] <= ci["eer_ci95"]["high"]

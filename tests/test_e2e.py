@@ -20,7 +20,8 @@ PROJECT_FILES = ["dvc.yaml", "params.yaml", "pyproject.toml", ".dvcignore", ".gi
                  ".dvc/config", ".dvc/.gitignore", "spkid", "stages"]
 TINY = {
     "data": {"synthetic": {"speakers": 5, "utterances_per_speaker": 8, "submit_per_speaker": 1,
-                           "min_seconds": 1.0, "max_seconds": 2.0}},
+                           "min_seconds": 1.0, "max_seconds": 2.0, "unseen_speakers": 3,
+                           "unseen_utterances_per_speaker": 4}},
     "index": {"val_fraction": 0.25, "test_fraction": 0.25},
     "model": {"channels": 16, "embedding_dim": 32},  # the default encoder, tiny
     "train": {"steps": 40, "batch_size": 16, "valid_every": 20, "warmup_steps": 5},
@@ -133,6 +134,13 @@ def test_repro_then_experiment(repo):
     model_json = json.loads((path / "data/export/model/model.json").read_text())
     assert model_json["speakers"] == speakers and model_json["features"]["n_mels"] == 40
     assert isinstance(model_json["eer_threshold"], float)
+    # The held-out synthetic speakers are the unseen-speaker role, and the threshold is theirs.
+    verify = base["verify"]
+    assert verify["speakers"] == 3 and verify["recordings"] == 12
+    assert model_json["eer_threshold"] == verify["eer_threshold"]
+    assert model_json["threshold_from"] == "verify EER"
+    low, high = verify["eer_ci95"]["low"], verify["eer_ci95"]["high"]
+    assert low <= verify["eer"] <= high and verify["bootstrap"]["by"] == "speakers"
     state = torch.load(path / "data/export/model/model.pt", weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in state.values())
     # Raw cosine scores only by default; the ONNX graph when the onnx extra is installed.
@@ -202,7 +210,9 @@ def test_repro_then_experiment(repo):
         assert exp[role]["mean_sub"]["eer"] is not None and exp[role]["asnorm"]["eer"] is not None
     shipped = json.loads((path / "data/export/model/model.json").read_text())
     assert shipped["score"] == "asnorm"
-    assert shipped["eer_threshold"] == exp["val"]["asnorm"]["eer_threshold"]
+    assert shipped["eer_threshold"] == exp["verify"]["asnorm"]["eer_threshold"]
+    assert exp["shipped"] == {"eer_threshold": shipped["eer_threshold"], "role": "verify",
+                              "score": "asnorm", "seen_speakers": False}
     assert (path / "data/export/model/score_norm.npz").exists()
     shown = json.loads(run(["dvc", "exp", "show", "--json"], path, env).stdout)
     margins = []

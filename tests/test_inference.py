@@ -1,8 +1,10 @@
 """spkid embed / verify / predict on audio files, against the library computed directly."""
 
 import json
+import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -93,6 +95,24 @@ def test_verify_scores_and_decides(setup):
     score = float(ea @ eb / np.linalg.norm(ea) / np.linalg.norm(eb))
     assert f"score {score:.4f}" in out
     assert ("same" if score >= 0.5 else "different") + " speaker" in out
+
+
+def test_verify_with_a_calibration_decides_on_the_llr_at_the_bayes_threshold(setup, tmp_path):
+    root, model, extractor = setup
+    folder = tmp_path / "calibrated"
+    shutil.copytree(root / "model", folder)
+    config = json.loads((folder / "model.json").read_text())
+    (folder / "model.json").write_text(json.dumps(
+        {**config, "calibration": {"slope": 10.0, "offset": -5.0}}))
+    a, b = root / "audio/alice/sess/0.wav", root / "audio/bob/sess/1.wav"
+    ea, eb = direct_embedding(model, extractor, a), direct_embedding(model, extractor, b)
+    llr = 10.0 * float(ea @ eb / np.linalg.norm(ea) / np.linalg.norm(eb)) - 5.0
+    for p_target in (0.5, 0.01, 0.99):
+        out = run(root, "verify", str(a), str(b), "--p-target", str(p_target), model=folder)
+        assert out.returncode == 0, out.stderr
+        threshold = math.log((1 - p_target) / p_target)
+        assert f"llr {llr:.3f} Bayes threshold {threshold:.3f}" in out.stdout
+        assert ("same" if llr >= threshold else "different") + " speaker" in out.stdout
 
 
 def test_predict_gives_closed_set_speaker(setup):

@@ -347,3 +347,19 @@ def test_score_role_of_an_empty_role_is_null_not_a_crash():
                              np.zeros(0, np.int64), seed=0, nontarget_ratio=4.0, max_trials=1000)
     assert det is None and report["utterances"] == 0
     assert report["accuracy_top1"] is None and report["eer"] is None
+
+
+def test_the_shipped_threshold_comes_from_unseen_speakers_when_there_are_some():
+    from spkid.scoring.evaluation import shipped_threshold
+    report = {"val": {"eer_threshold": 0.6, "asnorm": {"eer_threshold": 2.0}},
+              "test": {"eer_threshold": 0.65},
+              "verify": {"eer_threshold": 0.4, "asnorm": {"eer_threshold": 1.1}}}
+    assert shipped_threshold(report, None) == {"eer_threshold": 0.4, "role": "verify",
+                                               "score": "cosine", "seen_speakers": False}
+    assert shipped_threshold(report, "asnorm")["eer_threshold"] == 1.1
+    report["verify"] = {"eer_threshold": None}  # no same-speaker trial among the unseen
+    assert shipped_threshold(report, None) == {"eer_threshold": 0.6, "role": "val",
+                                               "score": "cosine", "seen_speakers": True}
+    del report["val"]
+    assert shipped_threshold(report, None)["role"] == "test"
+    assert shipped_threshold({}, "asnorm")["eer_threshold"] is None

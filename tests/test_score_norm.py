@@ -118,3 +118,43 @@ def test_save_load_round_trip_and_refusals(tmp_path):
         ScoreNorm.load(tmp_path)
     with pytest.raises(DataError, match="training utterances"):
         ScoreNorm.fit(np.zeros((0, 4), np.float32), [], True, 0)
+
+
+def _brute_asnorm_leaving_out(emb, cohort, top_n, i, j, own):
+    """As _brute_asnorm, each side's cohort without its own speaker's entry (own[k], -1: none)."""
+    def stats(k):
+        top = sorted((_cos(emb[k], c) for n, c in enumerate(cohort) if n != own[k]),
+                     reverse=True)[:top_n]
+        return statistics.fmean(top), statistics.pstdev(top)
+    out = []
+    for a, b in zip(i, j):
+        s = _cos(emb[a], emb[b])
+        (ma, sa), (mb, sb) = stats(a), stats(b)
+        out.append(0.5 * ((s - ma) / sa + (s - mb) / sb))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("top_n", [2, 4, 50])
+def test_asnorm_leaves_each_training_speakers_own_entry_out_of_its_cohort(top_n):
+    train, spk, emb, i, j = _data()
+    # Embeddings 0..9 are of training speakers (ids 0..4), the rest of unseen ones.
+    speakers = [k % 5 for k in range(10)] + [f"new{k}" for k in range(len(emb) - 10)]
+    norm = ScoreNorm.fit(train, spk, False, top_n)
+    cohort = [train[spk == s].astype(np.float64).mean(0) for s in range(5)]
+    own = [s if isinstance(s, int) else -1 for s in speakers]
+    got = norm.scores(emb, i, j, speakers=speakers)["asnorm"]
+    np.testing.assert_allclose(got, _brute_asnorm_leaving_out(emb.astype(np.float64), cohort,
+                                                              top_n, i, j, own),
+                               rtol=1e-4, atol=1e-4)
+    # Unseen-speaker trials score as before; seen-speaker ones do not.
+    unseen = (i >= 10) & (j >= 10)
+    before = norm.scores(emb, i, j)["asnorm"]
+    np.testing.assert_array_equal(got[unseen], before[unseen])
+    assert not np.allclose(got[~unseen], before[~unseen])
+
+
+def test_cohort_speakers_survive_save_and_load(tmp_path):
+    train, spk, *_ = _data()
+    ScoreNorm.fit(train, spk, True, 3).save(tmp_path)
+    loaded = ScoreNorm.load(tmp_path)
+    assert loaded.cohort_speakers.tolist() == [0, 1, 2, 3, 4]

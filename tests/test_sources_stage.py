@@ -553,13 +553,17 @@ def test_embed_audio_files_matches_the_feature_shards(project, tmp_path, capsys)
 def test_synthetic_corpus_keeps_its_stamp_and_gets_a_verify_manifest(project, tmp_path, capsys):
     unseen = make_audio_dir(tmp_path / "unseen", speakers=2, per_speaker=2)
     synthetic = {"synthetic": {"speakers": 2, "utterances_per_speaker": 3, "submit_per_speaker": 0,
-                               "min_seconds": 0.5, "max_seconds": 0.6}}
+                               "min_seconds": 0.5, "max_seconds": 0.6, "unseen_speakers": 3,
+                               "unseen_utterances_per_speaker": 2}}
     write_params(project / "params.yaml", {"data": synthetic})
-    assert "synthetic corpus: 6 utterances" in ok("download", capsys)
+    out = ok("download", capsys)
+    assert "synthetic corpus: 6 utterances" in out and "verify: 6 recordings, 3 speakers" in out
     manifest = snapshot(project / "data/raw")["manifest.parquet"]
-    assert read_manifest(project / "data/raw/verify.parquet")[0] == []
+    held = read_manifest(project / "data/raw/verify.parquet")
+    assert sorted({r.speaker for r in held[0]}) == ["unseen000", "unseen001", "unseen002"]
+    assert all(Path(project, r.path).is_file() for r in held[0]) and held[1]["held_out"]
 
-    # Adding a verification folder does not regenerate the corpus.
+    # A verification folder replaces the held-out speakers and regenerates nothing.
     write_params(project / "params.yaml", {"data": {**synthetic, "verify_dir": str(unseen)}})
     out = ok("download", capsys)
     assert "is current" in out and "verify: 4 recordings, 2 speakers" in out
@@ -568,6 +572,18 @@ def test_synthetic_corpus_keeps_its_stamp_and_gets_a_verify_manifest(project, tm
     verify = snapshot(project / "data/raw")["verify.parquet"]
     ok("download", capsys)
     assert snapshot(project / "data/raw")["verify.parquet"] == verify  # not rewritten
+    # Without it, the held-out speakers are back, still without a regeneration; holding out
+    # none regenerates the audio but not one training sample: the manifest is the same.
+    write_params(project / "params.yaml", {"data": synthetic})
+    assert "is current" in ok("download", capsys)
+    assert read_manifest(project / "data/raw/verify.parquet") == held
+    write_params(project / "params.yaml", {"data": {"synthetic": {
+        **synthetic["synthetic"], "unseen_speakers": 0}}})
+    assert "synthetic corpus: 6 utterances" in ok("download", capsys)
+    assert snapshot(project / "data/raw")["manifest.parquet"][0] == manifest[0]  # the bytes
+    assert read_manifest(project / "data/raw/verify.parquet")[0] == []
+    write_params(project / "params.yaml", {"data": {**synthetic, "verify_dir": str(unseen)}})
+    ok("download", capsys)
 
     # A regeneration killed with SIGKILL leaks its folder; the next run, even one with
     # nothing to regenerate, removes it.

@@ -216,3 +216,18 @@ def test_lower_spread_makes_voices_more_alike():
     pitches = {spread: np.log([speaker_voice(0, i, spread).f0 for i in range(20)]).std()
                for spread in (0.25, 1.0)}
     assert pitches[0.25] < 0.5 * pitches[1.0]
+
+
+def test_held_out_speakers_are_new_voices_and_change_no_training_sample(corpus, tmp_path):
+    out, rows = corpus
+    both = generate_corpus(tmp_path, **SMALL, unseen_speakers=2, unseen_utterances_per_speaker=3)
+    held = [r for r in both if r.role == "unseen"]
+    assert [r for r in both if r.role != "unseen"] == rows
+    for row in rows:
+        assert (tmp_path / row.path).read_bytes() == (out / row.path).read_bytes()
+    assert sorted({r.speaker for r in held}) == ["unseen000", "unseen001"] and len(held) == 6
+    assert all(r.path.startswith(f"verify/{r.speaker}/") for r in held)
+    assert json.loads((tmp_path / "submit_truth.json").read_text()) == \
+        json.loads((out / "submit_truth.json").read_text())
+    # Their voices are voices no training speaker has (the generator's next indices).
+    assert speaker_voice(7, 4, 1.0) != speaker_voice(7, 0, 1.0)

@@ -58,6 +58,11 @@ SCHEMA: dict[str, Any] = {
             "speakers": _f("int", 40, "number of synthetic speakers", min=2),
             "utterances_per_speaker": _f("int", 20, "labelled utterances per speaker", min=3),
             "submit_per_speaker": _f("int", 2, "extra unlabelled utterances per speaker", min=0),
+            "unseen_speakers": _f("int", 8, "more speakers, never trained on, scored as the "
+                                  "unseen-speaker role (verify) when neither data.verify_dir "
+                                  "nor evaluate.trials is given (0 = none)", min=0),
+            "unseen_utterances_per_speaker": _f("int", 10, "utterances of each unseen speaker",
+                                                min=2),
             "min_seconds": _f("float", 2.0, "shortest utterance (room for a syllable)", min=0.25),
             "max_seconds": _f("float", 6.0, "longest utterance", min=0.25, max=600),
             "snr_db": _f("float", 20.0, "background noise level (higher is cleaner)"),
@@ -202,6 +207,15 @@ SCHEMA: dict[str, Any] = {
                            "WeSpeaker: 300 of 5994 speakers)", min=0),
         "cohort_per_speaker": _f("int", 20, "training utterances embedded per speaker for the "
                                  "mean and the AS-norm cohort, a seeded sample (0 = all)", min=0),
+        "bootstrap_rounds": _f("int", 200, "bootstrap resamplings behind the 95 % intervals "
+                               "of EER and minDCF (eer_ci95, ...; 0 = no intervals)", min=0),
+        "calibration_speakers": _f("float", 0.5, "share of the unseen speakers (a seeded "
+                                   "draw) whose trials fit the score calibration to LLRs; the "
+                                   "others measure it (verify.calibration; 0 = none)",
+                                   min=0, max=1),
+        "bootstrap_by": _f("str", "speakers", "what the bootstrap resamples: speakers (when "
+                           "the trials' speakers are known; else trials) or trials",
+                           choices=("speakers", "trials")),
     },
     "export": {
         "onnx": _f("bool", True, "also write data/export/model/model.onnx (needs the onnx "

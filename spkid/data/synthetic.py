@@ -537,11 +537,16 @@ def _clip(x: float, low: float, high: float) -> float:
 def generate_corpus(out_dir: Path, *, speakers: int, utterances_per_speaker: int,
                     submit_per_speaker: int, min_seconds: float, max_seconds: float,
                     snr_db: float, spread: float, sample_rate: int, seed: int,
+                    unseen_speakers: int = 0, unseen_utterances_per_speaker: int = 0,
                     progress: bool = True) -> list[ManifestRow]:
     """Write `out_dir/audio/<speaker>/<speaker>-uNNN.wav` (labelled) and
     `out_dir/audio/submit/submit-NNNN.wav` (unlabelled, ids shuffled so they reveal nothing),
     plus `out_dir/submit_truth.json` ({submit id: speaker}). Returns one ManifestRow per file
-    with paths relative to `out_dir`; submit rows have speaker None and role "submit"."""
+    with paths relative to `out_dir`; submit rows have speaker None and role "submit".
+
+    `unseen_speakers` more voices, `unseen_utterances_per_speaker` utterances each, go to
+    `out_dir/verify/unseenNNN/` with role "unseen": speakers to hold out of training and
+    verify on. They do not change a single sample of the others."""
     _validate(speakers=speakers, utterances_per_speaker=utterances_per_speaker,
               submit_per_speaker=submit_per_speaker, min_seconds=min_seconds,
               max_seconds=max_seconds, snr_db=snr_db, spread=spread,
@@ -554,20 +559,25 @@ def generate_corpus(out_dir: Path, *, speakers: int, utterances_per_speaker: int
         for u in range(utterances_per_speaker):
             jobs.append((f"{name}-u{u:0{utt_width}d}", s, _LABELLED, u, name, None))
     jobs += _submit_jobs(speakers, submit_per_speaker, seed)
+    for k in range(unseen_speakers if unseen_utterances_per_speaker else 0):
+        name = f"unseen{k:03d}"
+        jobs += [(f"{name}-u{u:0{utt_width}d}", speakers + k, _LABELLED, u, name, "unseen")
+                 for u in range(unseen_utterances_per_speaker)]
 
-    voices = [speaker_voice(seed, s, spread) for s in range(speakers)]
+    voices = [speaker_voice(seed, s, spread) for s in range(speakers + unseen_speakers)]
     min_n, max_n = math.ceil(min_seconds * sample_rate), math.floor(max_seconds * sample_rate)
     rows, truth = [], {}
     for utt_id, s, stream, item, folder, role in _progress(jobs, progress):
         rng = np.random.default_rng([seed, stream, s, item])
         n = int(np.clip(round(rng.uniform(min_seconds, max_seconds) * sample_rate), min_n, max_n))
         wave = synthesize_utterance(voices[s], rng, n, sample_rate, snr_db)
-        rel = f"audio/{folder}/{utt_id}.wav"
+        rel = f"{'verify' if role == 'unseen' else 'audio'}/{folder}/{utt_id}.wav"
         (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
         write_wav(out_dir / rel, wave, sample_rate)
-        rows.append(ManifestRow(utterance_id=utt_id, speaker=None if role else names[s],
+        speaker = folder if role == "unseen" else None if role else names[s]
+        rows.append(ManifestRow(utterance_id=utt_id, speaker=speaker,
                                 path=rel, duration=n / sample_rate, role=role))
-        if role:
+        if role == "submit":
             truth[utt_id] = names[s]
     write_json(out_dir / "submit_truth.json", dict(sorted(truth.items())))
     return rows

@@ -67,11 +67,41 @@ def _headline(metrics: dict) -> str:
                 f"<tr><td class=l>{role if first else ''}</td><td class=l>{label}</td>"
                 f"<td>{_num(m.get('accuracy_top1')) if first else ''}</td>"
                 f"<td>{_num(m.get('accuracy_top5')) if first else ''}</td>"
-                f"<td>{_pct(s.get('eer'))}</td><td>{_num(s.get('min_dcf_p01'))}</td>"
+                f"<td>{_pct(s.get('eer'))}</td><td>{_interval(s.get('eer_ci95'))}</td>"
+                f"<td>{_num(s.get('min_dcf_p01'))}</td>"
                 f"<td>{_num(s.get('min_dcf_p05'))}</td><td>{s.get('trials', '–'):,}</td></tr>")
     return ("<table><tr><th class=l>role</th><th class=l>score</th><th>top-1</th><th>top-5</th>"
-            "<th>EER</th><th>minDCF p0.01</th><th>minDCF p0.05</th><th>trials</th></tr>"
+            "<th>EER</th><th>EER 95 % interval</th><th>minDCF p0.01</th><th>minDCF p0.05</th><th>trials</th></tr>"
             + "".join(rows) + "</table>")
+
+
+def _interval(ci: dict | None) -> str:
+    return "–" if not ci else f"{_pct(ci['low'])} – {_pct(ci['high'])}"
+
+
+def _shipped(metrics: dict) -> str:
+    """Which threshold the exported model decides with, and whether it transfers."""
+    shipped = metrics.get("shipped") or {}
+    if shipped.get("eer_threshold") is None:
+        return "<p>No threshold is shipped: no role had both kinds of trial.</p>"
+    text = (f"The exported model decides at {shipped['eer_threshold']:.4f}, the EER threshold "
+            f"of the {shipped['score']} score on {shipped['role']}")
+    if shipped["seen_speakers"]:
+        text += (": trials between training speakers, whose scores run higher than new "
+                 "speakers' do, so on speakers the model never saw expect more false "
+                 "rejections than the EER says (give data.verify_dir or evaluate.trials "
+                 "for a threshold from unseen speakers)")
+    else:
+        text += ", speakers the model never saw, as `spkid verify` will be used"
+    text += "."
+    c = (metrics.get("verify") or {}).get("calibration")
+    if c:
+        text += (f" Its {c['score']} scores are calibrated to log-likelihood ratios on "
+                 f"{c['fit_speakers']} unseen speakers and measured on {c['speakers']} others "
+                 f"({c['trials']:,} trials): Cllr {c['cllr']:.3f} bits (best monotone "
+                 f"calibration {c['min_cllr']:.3f}); actual DCF p0.01 {c['act_dcf_p01']:.3f} "
+                 f"against the minimum {c['min_dcf_p01']:.3f}.")
+    return f"<p>{html.escape(text)}</p>"
 
 
 def _table(header: list[str], rows: list[list]) -> str:
@@ -100,7 +130,8 @@ def render_report(*, metrics: dict, train: dict, params: dict, defaults: dict,
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>spkid report</title>",
         f"<style>{STYLE}</style></head><body>",
         "<h1>spkid run report</h1>",
-        "<h2>Headline metrics</h2>", _headline(metrics), f"<p>Training: {html.escape(training)}.</p>",
+        "<h2>Headline metrics</h2>", _headline(metrics), _shipped(metrics),
+        f"<p>Training: {html.escape(training)}.</p>",
         "<h2>Params that differ from the defaults</h2>",
         _table(["param", "value", "default"], [[k, v, d] for k, v, d in changed])
         if changed else "<p>None: this is the default pipeline.</p>",

@@ -10,6 +10,7 @@ themselves gives each trial a multinomial count.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -51,3 +52,34 @@ def interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
     tail = 100 * (1 - level) / 2
     low, high = np.percentile(np.asarray(values, np.float64), [tail, 100 - tail])
     return float(low), float(high)
+
+
+@dataclass(frozen=True)
+class Bootstrap:
+    """How evaluate draws its intervals (evaluate.bootstrap_*): `rounds` resamplings
+    (0 = none) with `seed`, of the speakers when the trials' speakers are known, else of
+    the trials."""
+    rounds: int
+    seed: int
+    by: str = "speakers"  # "speakers" | "trials"
+    level: float = 0.95
+
+    def intervals(self, statistics: Callable[[np.ndarray | None], dict[str, float]],
+                  count: int, speaker_a=None, speaker_b=None) -> dict:
+        """{name + "_ci95": {"low", "high"}} for each of `statistics(weights)` (a dict of
+        numbers computed with trial weights), plus what was resampled; {} when off."""
+        if not self.rounds:
+            return {}
+        by = self.by if speaker_a is not None and speaker_b is not None else "trials"
+        draw = ((lambda rng: speaker_weights(rng, speaker_a, speaker_b)) if by == "speakers"
+                else (lambda rng: trial_weights(rng, count)))
+        names = list(statistics(None))
+        values = replicates(lambda w: [statistics(w)[k] for k in names], draw, self.rounds,
+                            self.seed)
+        tag = f"_ci{round(100 * self.level)}"
+        out = {}
+        for k, name in enumerate(names):
+            low, high = interval(values[:, k], self.level)
+            out[name + tag] = {"low": low, "high": high}
+        out["bootstrap"] = {"by": by, "rounds": self.rounds}
+        return out

@@ -8,21 +8,34 @@ from pathlib import Path
 import numpy as np
 
 from spkid.core.atomic import write_json
-from spkid.scoring.metrics import det_points, eer, min_dcf
+from spkid.scoring.bootstrap import Bootstrap
+from spkid.scoring.calibration import Calibration, calibrated_metrics
+from spkid.scoring.metrics import det_points, eer, min_dcf, verification_summary
 from spkid.scoring.norm import cosine_scores
 from spkid.scoring.trials import sample_trials, unseen_trials
 
 ROLES = ("val", "test")
 
 
-def verification(scores: np.ndarray, labels: np.ndarray) -> tuple[dict, dict]:
-    """(metrics, DET curve) for trial scores; metrics hold eer, min_dcf_p01/p05, trials."""
+def verification(scores: np.ndarray, labels: np.ndarray, bootstrap: Bootstrap | None = None,
+                 speakers: tuple | None = None) -> tuple[dict, dict]:
+    """(metrics, DET curve) for trial scores; metrics hold eer, min_dcf_p01/p05, trials and,
+    with `bootstrap`, their 95 % intervals (resampling the speakers (speaker_a, speaker_b)
+    of the trials when given, else the trials)."""
     rate, threshold = eer(scores, labels)
     result = {"eer": rate, "eer_threshold": threshold,
               "min_dcf_p01": min_dcf(scores, labels, 0.01),
               "min_dcf_p05": min_dcf(scores, labels, 0.05),
               "trials": int(len(labels)), "target_trials": int(labels.sum())}
+    if bootstrap is not None:
+        result.update(bootstrap.intervals(lambda w: verification_summary(scores, labels, w),
+                                          len(labels), *(speakers or (None, None))))
     return result, {**det_points(scores, labels), "hist": score_histogram(scores, labels)}
+
+
+def bootstrap_of(e) -> Bootstrap:
+    """The intervals the evaluate params `e` ask for."""
+    return Bootstrap(e.bootstrap_rounds, e.seed, e.bootstrap_by)
 
 
 def score_histogram(scores: np.ndarray, labels: np.ndarray, bins: int = 80) -> dict:
@@ -35,7 +48,8 @@ def score_histogram(scores: np.ndarray, labels: np.ndarray, bins: int = 80) -> d
 
 
 def score_role(emb: np.ndarray, true_rank: np.ndarray, speaker_ids: np.ndarray, *, seed: int,
-               nontarget_ratio: float, max_trials: int, norm=None) -> tuple[dict, dict | None]:
+               nontarget_ratio: float, max_trials: int, norm=None,
+               bootstrap: Bootstrap | None = None) -> tuple[dict, dict | None]:
     """Accuracy (from each view's rank of its true class) plus verification over all
     same-speaker pairs and sampled different ones. An empty role has null metrics.
     `norm` (a spkid.scoring.norm.ScoreNorm) adds the normalised scores' metrics beside."""
@@ -44,31 +58,40 @@ def score_role(emb: np.ndarray, true_rank: np.ndarray, speaker_ids: np.ndarray, 
            "accuracy_top1": float(np.mean(true_rank < 1)) if n else None,
            "accuracy_top5": float(np.mean(true_rank < 5)) if n else None}
     i, j, labels = sample_trials(list(speaker_ids), seed, nontarget_ratio, max_trials)
-    result, det = score_trials(emb, i, j, labels, norm)
+    result, det = score_trials(emb, i, j, labels, norm, speakers=speaker_ids,
+                               bootstrap=bootstrap)
     out.update(result)
     return out, det
 
 
-def score_trials(emb: np.ndarray, i: np.ndarray, j: np.ndarray, labels: np.ndarray, norm=None
+def score_trials(emb: np.ndarray, i: np.ndarray, j: np.ndarray, labels: np.ndarray, norm=None,
+                 *, speakers=None, bootstrap: Bootstrap | None = None
                  ) -> tuple[dict, dict | None]:
     """Verification metrics of given trials; null metrics when one kind of trial is missing.
     With `norm` (spkid.scoring.norm.ScoreNorm), the metrics of each normalised score go
     beside the raw cosine ones, under its name ("mean_sub", "asnorm"); the DET curve is
-    the raw one."""
+    the raw one. `speakers` (one per embedding, None where unknown) are what the bootstrap
+    resamples, and, for training speakers, what AS-norm leaves out of each side's cohort."""
     labels = np.asarray(labels, np.int64)
-    result, det = _trial_metrics(cosine_scores(emb, i, j), labels)
+    sides = None
+    if speakers is not None:
+        speakers = np.asarray(speakers, object)
+        if not any(s is None for s in speakers[np.concatenate([i, j])]):
+            sides = (speakers[i], speakers[j])
+    result, det = _trial_metrics(cosine_scores(emb, i, j), labels, bootstrap, sides)
     if norm is not None:
-        for name, scores in norm.scores(emb, i, j).items():
-            result[name] = _trial_metrics(scores, labels)[0]
+        for name, scores in norm.scores(emb, i, j, speakers=speakers).items():
+            result[name] = _trial_metrics(scores, labels, bootstrap, sides)[0]
     return result, det
 
 
-def _trial_metrics(scores: np.ndarray, labels: np.ndarray) -> tuple[dict, dict | None]:
+def _trial_metrics(scores: np.ndarray, labels: np.ndarray, bootstrap=None, sides=None
+                   ) -> tuple[dict, dict | None]:
     if labels.sum() == 0 or labels.sum() == len(labels):
         # Verification needs both kinds of trial; say so instead of inventing a number.
         return {"eer": None, "min_dcf_p01": None, "min_dcf_p05": None,
                 "trials": int(len(labels)), "target_trials": int(labels.sum())}, None
-    return verification(scores, labels)
+    return verification(scores, labels, bootstrap, sides)
 
 
 def score_roles(scoring, views: dict, e, norm) -> tuple[dict, dict, dict]:
@@ -79,7 +102,8 @@ def score_roles(scoring, views: dict, e, norm) -> tuple[dict, dict, dict]:
         outputs[role] = scored = scoring.embed(part, e.batch_frames, labels=part["speaker_id"])
         report[role], curves[role] = score_role(
             scored.embeddings, scored.true_rank, np.asarray(part["speaker_id"]), seed=e.seed,
-            nontarget_ratio=e.nontarget_ratio, max_trials=e.max_trials, norm=norm)
+            nontarget_ratio=e.nontarget_ratio, max_trials=e.max_trials, norm=norm,
+            bootstrap=bootstrap_of(e))
     return report, curves, outputs
 
 
@@ -95,12 +119,49 @@ def score_unseen(scoring, rows, meta: dict, e, norm, *, progress: bool = False
     emb[used] = scoring.embed_recordings([rows[k].path for k in used], e.batch_frames,
                                          spans=[(rows[k].start, rows[k].end) for k in used],
                                          progress=progress)
-    result, curve = score_trials(emb, i, j, labels, norm)
+    result, curve = score_trials(emb, i, j, labels, norm, bootstrap=bootstrap_of(e),
+                                 speakers=[r.speaker for r in rows])
     result["recordings"] = int(len(used))
     speakers = {rows[k].speaker for k in used if rows[k].speaker is not None}
     if speakers:
         result["speakers"] = len(speakers)
+    spoken_by = [r.speaker for r in rows]
+    if e.calibration_speakers and None not in spoken_by:
+        scores = (cosine_scores(emb, i, j) if norm is None or norm.kind is None
+                  else norm.scores(emb, i, j)[norm.kind])
+        calibrated = calibrate_on_speakers(scores, labels, np.asarray(spoken_by, object)[i],
+                                           np.asarray(spoken_by, object)[j],
+                                           e.calibration_speakers, e.seed)
+        if calibrated is not None:
+            result["calibration"] = {"score": (norm.kind if norm is not None else None)
+                                     or "cosine", **calibrated}
     return result, curve
+
+
+def calibrate_on_speakers(scores: np.ndarray, labels: np.ndarray, speaker_a, speaker_b,
+                          fraction: float, seed: int) -> dict | None:
+    """Calibration fitted on the trials among a seeded `fraction` of the speakers and
+    measured on the trials among the others (trials across the two parts are left out):
+    speaker-disjoint, as a calibration must be to say anything about new speakers. None
+    when either part lacks a kind of trial."""
+    names = sorted(set(speaker_a) | set(speaker_b))
+    count = min(len(names) - 2, max(2, round(fraction * len(names))))
+    if count < 2:
+        return None
+    fit = set(np.random.default_rng([seed, 7]).permutation(names)[:count].tolist())
+    in_a = np.array([s in fit for s in speaker_a])
+    in_b = np.array([s in fit for s in speaker_b])
+    parts = {"fit": in_a & in_b, "test": ~in_a & ~in_b}
+    if any(labels[k].min() == labels[k].max() for k in parts.values() if k.any()) or \
+            not all(k.any() for k in parts.values()):
+        return None
+    calibration = Calibration.fit(scores[parts["fit"]], labels[parts["fit"]])
+    test = parts["test"]
+    return {"slope": calibration.slope, "offset": calibration.offset,
+            "fit_speakers": count, "fit_trials": int(parts["fit"].sum()),
+            "speakers": len(names) - count, "trials": int(test.sum()),
+            "target_trials": int(labels[test].sum()),
+            **calibrated_metrics(calibration, scores[test], labels[test])}
 
 
 def det_json(curve: dict | None) -> dict:
@@ -129,3 +190,23 @@ def summary_text(report: dict, norm_kind: str | None) -> str:
         if norm_kind:
             text += f" ({norm_kind} {pct(v[norm_kind]['eer'])})"
     return text
+
+
+def shipped_threshold(report: dict, kind: str | None) -> dict:
+    """The operating point a model is exported with ("shipped" in metrics/eval.json): the
+    EER threshold of the score `kind` (None = raw cosine) of the unseen-speaker role
+    ("verify") when there is one, since `verify` is used on speakers the model never saw;
+    else val's, else test's. Those come from trials between training speakers, whose
+    scores run higher than unseen speakers' do, and `seen_speakers` says so."""
+    for role in ("verify", "val", "test"):
+        scores = report.get(role, {})
+        scores = scores.get(kind, {}) if kind else scores
+        if scores.get("eer_threshold") is not None:
+            out = {"eer_threshold": scores["eer_threshold"], "role": role,
+                   "score": kind or "cosine", "seen_speakers": role != "verify"}
+            calibration = report[role].get("calibration") or {}
+            if calibration.get("score") == out["score"]:  # scores to LLRs, for `spkid verify`
+                out["calibration"] = {"slope": calibration["slope"],
+                                      "offset": calibration["offset"]}
+            return out
+    return {"eer_threshold": None, "role": None, "score": kind or "cosine", "seen_speakers": None}

@@ -67,7 +67,10 @@ def eer(scores, labels, weights=None) -> tuple[float, float]:
     found by linear interpolation between the two operating points around it (the ROC convex
     segment), which is what interpolating sklearn's roc_curve gives as well.
     """
-    miss, fa, thr = error_rates(scores, labels, weights)
+    return _eer_at(*error_rates(scores, labels, weights))
+
+
+def _eer_at(miss: np.ndarray, fa: np.ndarray, thr: np.ndarray) -> tuple[float, float]:
     k = _eer_index(miss, fa)
     d0, d1 = fa[k - 1] - miss[k - 1], fa[k] - miss[k]  # d0 > 0 >= d1
     alpha = d0 / (d0 - d1)
@@ -89,6 +92,11 @@ def min_dcf(scores, labels, p_target: float, c_miss: float = 1.0, c_fa: float = 
     if c_miss <= 0 or c_fa <= 0:
         raise ValueError("c_miss and c_fa must be positive")
     miss, fa, _ = error_rates(scores, labels, weights)
+    return _min_dcf_at(miss, fa, p_target, c_miss, c_fa)
+
+
+def _min_dcf_at(miss: np.ndarray, fa: np.ndarray, p_target: float, c_miss: float = 1.0,
+                c_fa: float = 1.0) -> float:
     cost = c_miss * p_target * miss + c_fa * (1.0 - p_target) * fa
     return float(cost.min() / min(c_miss * p_target, c_fa * (1.0 - p_target)))
 
@@ -109,3 +117,11 @@ def det_points(scores, labels, max_points: int = 200) -> dict:
         keep = np.unique(np.concatenate([spaced, [k - 1, k]]))
         miss, fa, thr = miss[keep], fa[keep], thr[keep]
     return {"fpr": fa.tolist(), "fnr": miss.tolist(), "threshold": thr.tolist()}
+
+
+def verification_summary(scores, labels, weights=None) -> dict[str, float]:
+    """eer, min_dcf_p01 and min_dcf_p05 of trials from one sort (what a bootstrap round
+    recomputes)."""
+    miss, fa, thr = error_rates(scores, labels, weights)
+    return {"eer": _eer_at(miss, fa, thr)[0], "min_dcf_p01": _min_dcf_at(miss, fa, 0.01),
+            "min_dcf_p05": _min_dcf_at(miss, fa, 0.05)}

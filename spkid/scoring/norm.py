@@ -68,14 +68,21 @@ def cosine_scores(emb: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
     return np.einsum("nd,nd->n", unit[i], unit[j])
 
 
-def cohort_stats(emb: np.ndarray, cohort: np.ndarray, top_n: int) -> tuple[np.ndarray, np.ndarray]:
+def cohort_stats(emb: np.ndarray, cohort: np.ndarray, top_n: int,
+                 leave_out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(mean, std) over the `top_n` highest cosine scores of each embedding against the
-    cohort (top_n clipped to the cohort size; population std, as WeSpeaker)."""
-    top_n = min(top_n, len(cohort))
+    cohort (top_n clipped to the cohort size; population std, as WeSpeaker).
+    `leave_out[k]` >= 0 is a cohort entry embedding k must not be compared with: its own
+    speaker's, whose score would be the top one (-1: none)."""
+    skip = leave_out is not None and (np.asarray(leave_out) >= 0).any()
+    top_n = min(top_n, len(cohort) - int(skip))
     c = _unit(cohort).T
     mean, std = np.zeros(len(emb)), np.zeros(len(emb))
     for s in range(0, len(emb), _ROWS):
         scores = _unit(emb[s:s + _ROWS]) @ c
+        if skip:
+            rows = np.flatnonzero(leave_out[s:s + _ROWS] >= 0)
+            scores[rows, leave_out[s:s + _ROWS][rows]] = -np.inf
         top = -np.partition(-scores, top_n - 1, axis=1)[:, :top_n]
         mean[s:s + _ROWS], std[s:s + _ROWS] = top.mean(1), top.std(1)
     return mean, np.maximum(std, _MIN_STD)
@@ -88,6 +95,7 @@ class ScoreNorm:
     mean: np.ndarray | None = None
     cohort: np.ndarray | None = None
     top_n: int = 0
+    cohort_speakers: np.ndarray | None = None  # the training speaker of each cohort entry
 
     @classmethod
     def fit(cls, train_emb: np.ndarray, train_speakers, subtract_mean: bool,
@@ -96,12 +104,13 @@ class ScoreNorm:
         if len(train_emb) == 0 and (subtract_mean or top_n):
             raise DataError("score normalisation needs training utterances, and there are none")
         mean = train_emb.mean(0).astype(np.float32) if subtract_mean else None
-        cohort = None
+        cohort = speakers = None
         if top_n:
             cohort = speaker_means(train_emb, train_speakers)
+            speakers = np.unique(np.asarray(train_speakers))
             if mean is not None:
                 cohort = cohort - mean
-        return cls(mean, cohort, top_n)
+        return cls(mean, cohort, top_n, speakers)
 
     @classmethod
     def from_views(cls, e, train_views: dict, embed) -> "ScoreNorm":
@@ -123,10 +132,21 @@ class ScoreNorm:
     def center(self, emb: np.ndarray) -> np.ndarray:
         return emb if self.mean is None else emb - self.mean
 
+    def own_entries(self, speakers) -> np.ndarray | None:
+        """The cohort entry of each embedding's speaker (`speakers`, one per embedding; -1
+        where it is not a training speaker or unknown); None when none is."""
+        if self.cohort_speakers is None or speakers is None:
+            return None
+        entry = {speaker: k for k, speaker in enumerate(self.cohort_speakers.tolist())}
+        at = np.array([entry.get(s, -1) for s in np.asarray(speakers, object).tolist()], np.int64)
+        return at if (at >= 0).any() else None
+
     def scores(self, emb: np.ndarray, i: np.ndarray, j: np.ndarray, *,
-               centred: bool = False) -> dict[str, np.ndarray]:
+               centred: bool = False, speakers=None) -> dict[str, np.ndarray]:
         """Normalised scores of trials (i, j) over `emb` (raw embeddings, or already centred
-        when `centred`): {"mean_sub": ..., "asnorm": ...}, each only when switched on."""
+        when `centred`): {"mean_sub": ..., "asnorm": ...}, each only when switched on.
+        `speakers` (one per embedding): AS-norm leaves each training speaker's own entry
+        out of its cohort, so seen-speaker trials normalise as unseen ones do."""
         emb = emb if centred else self.center(emb)
         out = {}
         s = cosine_scores(emb, i, j)
@@ -137,7 +157,9 @@ class ScoreNorm:
                 out["asnorm"] = s
                 return out
             used, inverse = np.unique(np.concatenate([i, j]), return_inverse=True)
-            mu, sd = cohort_stats(emb[used], self.cohort, self.top_n)
+            own = self.own_entries(speakers)
+            mu, sd = cohort_stats(emb[used], self.cohort, self.top_n,
+                                  None if own is None else own[used])
             a, b = inverse[:len(i)], inverse[len(i):]
             out["asnorm"] = 0.5 * ((s - mu[a]) / sd[a] + (s - mu[b]) / sd[b])
         return out
@@ -155,6 +177,8 @@ class ScoreNorm:
             arrays["mean"] = self.mean
         if self.cohort is not None:
             arrays["cohort"] = self.cohort
+        if self.cohort_speakers is not None and self.cohort_speakers.dtype.kind in "iu":
+            arrays["cohort_speakers"] = self.cohort_speakers
         with atomic_path(Path(folder) / FILE) as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, **arrays)
@@ -168,6 +192,7 @@ class ScoreNorm:
         try:
             with np.load(path, allow_pickle=False) as z:
                 return cls(z["mean"] if "mean" in z else None,
-                           z["cohort"] if "cohort" in z else None, int(z["top_n"]))
+                           z["cohort"] if "cohort" in z else None, int(z["top_n"]),
+                           z["cohort_speakers"] if "cohort_speakers" in z else None)
         except (OSError, ValueError, KeyError) as exc:
             raise DataError(f"{path}: not a score normalisation file ({exc})") from None

@@ -16,6 +16,7 @@ from spkid.data.views import real_speakers
 from spkid.models.embedding import real_class_logits
 from spkid.models.folder import CONFIG, load_model_dir, read_config
 from spkid.scoring.embedding import ModelWithConfig
+from spkid.scoring.calibration import Calibration
 from spkid.scoring.norm import ScoreNorm
 from spkid.serve.onnx import OnnxEmbedder
 
@@ -57,8 +58,15 @@ class AudioEmbedder(ModelWithConfig):
 
     @property
     def threshold(self) -> float | None:
-        """The same/different threshold export shipped (the val EER's); None without one."""
+        """The same/different threshold export shipped (an EER threshold: the unseen-speaker
+        role's when evaluate had one, see model.json's threshold_from); None without one."""
         return self.config.get("eer_threshold")
+
+    @property
+    def calibration(self) -> Calibration | None:
+        """Scores to log-likelihood ratios, when evaluate fitted one on unseen speakers."""
+        c = self.config.get("calibration")
+        return None if c is None else Calibration(c["slope"], c["offset"])
 
     def warnings(self) -> list[str]:
         """What may make this model's scores of raw audio less trustworthy."""

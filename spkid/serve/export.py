@@ -36,14 +36,3 @@ def provenance(repo: str | Path = ".") -> dict:
     except (OSError, subprocess.SubprocessError):
         rev, dirty = None, ""
     return {"versions": versions, "git_revision": rev, "git_dirty": bool(dirty)}
-
-
-def shipped_threshold(report: dict, kind: str | None) -> float | None:
-    """The EER threshold of the normalised score `kind` (None = raw cosine) that a model is
-    exported with: val's, else test's (the val split chose the model), from metrics/eval.json."""
-    for role in ("val", "test"):
-        scores = report.get(role, {})
-        scores = scores.get(kind, {}) if kind else scores
-        if scores.get("eer_threshold") is not None:
-            return scores["eer_threshold"]
-    return None

@@ -9,7 +9,7 @@ import hashlib
 import json
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pyarrow as pa
@@ -18,12 +18,13 @@ import pyarrow.compute as pc
 from spkid.core.atomic import atomic_dir, remove_stale_temporaries, replace_if_changed, write_json
 from spkid.core.errors import DataError
 from spkid.data import synthetic
-from spkid.data.manifest import ManifestRoots, rows_table, write_manifest
+from spkid.data.manifest import ManifestRoots, ManifestRow, read_manifest, rows_table, write_manifest
 from spkid.data.sources.audio_dir import scan_audio_dir, submit_rows
 from spkid.data.sources.checks import AudioChecks
 from spkid.data.sources.fetch import fetch, locate_layout
 from spkid.data.sources.hw4 import scan_hw4
 from spkid.data.sources.kaldi import scan_kaldi_table
+from spkid.data.sources.unseen import FORMAT as UNSEEN_FORMAT
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class RawFiles:
     stamp: Path  # what generated the synthetic corpus
     unseen: Path  # the unseen-speaker manifest
     downloads: Path  # download cache, outside every DVC output
+    held_out: Path  # the synthetic speakers held out of training (inside raw)
 
 
 def unseen_summary(unseen: tuple[list, dict]) -> str:
@@ -48,6 +50,9 @@ def unseen_summary(unseen: tuple[list, dict]) -> str:
     return f"; verify: {what}"
 
 
+_UNSEEN_KEYS = ("unseen_speakers", "unseen_utterances_per_speaker")
+
+
 def _stamp(p) -> dict:
     code = hashlib.sha256(Path(synthetic.__file__).read_bytes()).hexdigest()
     # Only what the generator reads: changing data.verify_dir or data.min_seconds must not
@@ -56,30 +61,60 @@ def _stamp(p) -> dict:
     return {"data": data, "sample_rate": p.features.sample_rate, "code": code}
 
 
-def synthetic_corpus(p, files: RawFiles, unseen: tuple[list, dict]) -> str:
-    """Generate the synthetic corpus into files.raw (nothing to do when its stamp matches)."""
+def _training_digest(stamp: dict) -> str:
+    """The training manifest's generator digest: the stamp without the held-out speakers,
+    who change none of the training audio (so holding out more re-extracts nothing)."""
+    data = {**stamp["data"], "synthetic": {k: v for k, v in stamp["data"]["synthetic"].items()
+                                           if k not in _UNSEEN_KEYS}}
+    return hashlib.sha256(json.dumps({**stamp, "data": data}, sort_keys=True).encode()).hexdigest()
+
+
+def held_out_speakers(rows: list[ManifestRow], raw: Path) -> tuple[list, dict]:
+    """The unseen-speaker manifest (rows, meta) of the synthetic speakers held out of
+    training (`rows` of role "unseen", paths relative to the corpus folder `raw`)."""
+    rows = [replace(r, path=str(raw / r.path)) for r in rows]
+    return rows, {"format": UNSEEN_FORMAT, "kind": "dir", "verify_dir": str(raw / "verify"),
+                  "speakers": sorted({r.speaker for r in rows}), "held_out": True}
+
+
+def synthetic_corpus(p, files: RawFiles, unseen: tuple[list, dict]) -> tuple[str, tuple]:
+    """Generate the synthetic corpus into files.raw (nothing to do when its stamp matches).
+    Returns what to tell the user and the unseen-speaker manifest written: `unseen` (from
+    data.verify_dir / evaluate.trials), else the speakers held out of the corpus."""
     stamp = _stamp(p)
+    s = p.data.synthetic
+    hold_out = unseen[1]["kind"] is None and s.unseen_speakers > 0
     if files.stamp.exists() and files.manifest.exists() and json.loads(files.stamp.read_text()) == stamp:
         # atomic_dir(files.raw) cleans up after a killed regeneration, but it does not run here.
         remove_stale_temporaries(files.raw)
+        if hold_out and files.held_out.exists():
+            unseen = held_out_speakers(read_manifest(files.held_out)[0], files.raw)
         write_unseen(files.unseen, unseen, only_if_changed=True)
-        return "synthetic corpus is current"
-    s = p.data.synthetic
+        return "synthetic corpus is current", unseen
     with atomic_dir(files.raw) as tmp:
         rows = synthetic.generate_corpus(
             tmp, speakers=s.speakers, utterances_per_speaker=s.utterances_per_speaker,
             submit_per_speaker=s.submit_per_speaker, min_seconds=s.min_seconds,
             max_seconds=s.max_seconds, snr_db=s.snr_db, spread=s.spread,
+            unseen_speakers=s.unseen_speakers,
+            unseen_utterances_per_speaker=s.unseen_utterances_per_speaker,
             sample_rate=p.features.sample_rate, seed=p.data.seed)
+        held = [r for r in rows if r.role == "unseen"]
+        rows = [r for r in rows if r.role != "unseen"]
         # The stamp's digest makes the manifest change whenever the audio may have, so a
         # stage may depend on the manifest alone.
-        digest = hashlib.sha256(json.dumps(stamp, sort_keys=True).encode()).hexdigest()
         write_manifest(tmp / files.manifest.name, rows, {"format": "audio", "source": "synthetic",
-                                                   "generator": digest})
+                                                   "generator": _training_digest(stamp)})
+        # Kept beside the corpus, so a later data.verify_dir change can bring them back.
+        held = [replace(r, role=None) for r in held]
+        write_manifest(tmp / files.held_out.name, held, {"format": "audio", "source": "synthetic"})
+        if hold_out:
+            unseen = held_out_speakers(held, files.raw)
         write_json(tmp / files.stamp.name, stamp)
         write_unseen(tmp / files.unseen.name, unseen)
     seconds = sum(r.duration for r in rows)
-    return f"synthetic corpus: {len(rows)} utterances, {s.speakers} speakers, {seconds / 60:.1f} min of audio"
+    return (f"synthetic corpus: {len(rows)} utterances, {s.speakers} speakers, "
+            f"{seconds / 60:.1f} min of audio", unseen)
 
 
 # --- external data: hw4, audio_dir, url --------------------------------------------------
