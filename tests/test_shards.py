@@ -1,8 +1,10 @@
+import os
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from spkid.core.errors import DataError
+from spkid.core.errors import DataError, StaleInputError
 from spkid.features.store import (ShardWriter, _offsets_within_shards, open_features, read_catalog,
                                   read_meta, schema, shard_paths)
 
@@ -157,3 +159,43 @@ def test_offsets_within_shards_match_a_scan_of_each_shard():
             rows = np.nonzero(shard == s)[0]
             want[rows[1:]] = np.cumsum(length[rows[:-1]])
         np.testing.assert_array_equal(_offsets_within_shards(shard, length), want)
+
+
+def test_a_damaged_shard_is_named_not_a_pyarrow_traceback(tmp_path):
+    items = make_items()
+    write_blocks(tmp_path, items, 3)
+    first, middle = shard_paths(tmp_path)[:2]
+    os.truncate(middle, middle.stat().st_size // 2)  # a copy cut short: no footer
+    for read in (read_catalog, open_features):
+        with pytest.raises(StaleInputError, match=f"^{middle}: damaged feature shard") as exc:
+            read(tmp_path)
+        assert exc.value.output == middle  # the stage layer: run `spkid features`
+    os.truncate(first, 0)
+    with pytest.raises(StaleInputError, match=f"^{first}: damaged feature shard"):
+        read_meta(tmp_path)
+
+
+def test_a_shard_shorter_than_its_footer_says_is_damaged(tmp_path):
+    items = [(f"u{i}", "s", None, np.full((400, 5), i, np.float32)) for i in range(3)]
+    write_blocks(tmp_path, items, 10)
+    path = shard_paths(tmp_path)[0]
+    data = path.read_bytes()
+    # The other columns and the footer kept, the feature values cut out: the catalog reads,
+    # the footer's offsets point past the end of the file.
+    meta = pq.ParquetFile(path).metadata
+    features = meta.row_group(0).column(meta.num_columns - 1).data_page_offset
+    tail = 8 + int.from_bytes(data[-8:-4], "little")
+    path.write_bytes(data[:features + 16] + data[-tail:])
+    assert len(read_catalog(tmp_path)) == len(items)
+    with pytest.raises(StaleInputError, match=f"^{path}: damaged feature shard"):
+        open_features(tmp_path)
+
+
+def test_the_features_step_rewrites_a_damaged_part(tmp_path):
+    from spkid.features.blocks import _complete
+    items = make_items(n=6)
+    write_blocks(tmp_path, items, 6, max_part_bytes=60)
+    parts = {int(p.name[-11:-8]): p for p in shard_paths(tmp_path)}
+    assert len(parts) > 2 and _complete(parts)
+    os.truncate(parts[1], parts[1].stat().st_size // 2)  # not the last part, whose footer says 'last'
+    assert not _complete(parts)

@@ -332,3 +332,31 @@ def test_every_param_at_its_edge_runs_the_whole_pipeline(tmp_path):
     assert report["test"]["utterances"] == 4 and report["test"]["trials"] <= 2
     assert (tmp_path / "metrics/report.html").stat().st_size > 10_000
     assert len((tmp_path / "data/export/submission.csv").read_text().splitlines()) == 3
+
+
+def test_a_damaged_shard_ends_index_and_train_in_one_line_losing_nothing(prepared, tmp_path):
+    work = fresh_copy(prepared, tmp_path / "damaged")
+    for earlier in ("data/model/model.pt", "data/model/model.json", "metrics/train.json"):
+        (work / earlier).parent.mkdir(parents=True, exist_ok=True)  # a model trained before
+        (work / earlier).write_text(f"{earlier} of an earlier run")
+    kept = {p: p.read_bytes() for folder in ("data/index", "data/model", "metrics")
+            for p in (work / folder).rglob("*") if p.is_file()}
+    assert len([p for p in kept if "data/index" in str(p)]) == 3
+    shard = sorted((work / "data/features").glob("shard-*.parquet"))[-1]
+    os.truncate(shard, shard.stat().st_size // 2)  # a damaged copy of the features
+    for stage in ("index", "train"):
+        out = spkid(work, stage, check=False)
+        assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+        assert out.stderr.startswith(f"spkid: error: {shard.relative_to(work)}: damaged feature "
+                                     "shard"), out.stderr
+        assert out.stderr.rstrip().endswith("(run `spkid features` or `dvc repro`)")
+    assert {p: p.read_bytes() for p in kept} == kept  # nothing already written is lost
+    spkid(work, "features")  # which writes the damaged block again
+    spkid(work, "index")
+
+
+def test_an_absurd_batch_size_is_refused_in_one_line(tmp_path):
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"train": {"batch_size": 1_000_000_000}}))
+    out = spkid(tmp_path, "train", check=False)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1
+    assert "train.batch_size = 1000000000: must be <= 65536" in out.stderr

@@ -131,7 +131,7 @@ SCHEMA: dict[str, Any] = {
     },
     "train": {
         "steps": _f("int", 1000, "optimizer steps", min=1),
-        "batch_size": _f("int", 32, "segments per step", min=2),
+        "batch_size": _f("int", 32, "segments per step", min=2, max=65536),
         "lr": _f("float", 2e-3, "peak learning rate (AdamW)", above=0),
         "weight_decay": _f("float", 0.01, "AdamW weight decay", min=0),
         "warmup_steps": _f("int", 100, "linear warmup steps, then cosine decay", min=0),

@@ -13,7 +13,6 @@ from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
 
-import av
 import numpy as np
 import soundfile as sf
 
@@ -127,6 +126,7 @@ def decoded_by_pyav(path: str | Path) -> bool:
 @contextmanager
 def _pyav_stream(path: str | Path, what: str):
     """(container, first audio stream) of a file PyAV opens, or one line naming it."""
+    import av  # here: FFmpeg's libraries load for these formats only, not in training
     try:
         container = av.open(str(path))
     except Exception as exc:
@@ -151,6 +151,7 @@ def _header_length(stream) -> float | None:
     if stream.duration is not None:
         return float(stream.duration * stream.time_base)
     if container.duration is not None:
+        import av  # as in _pyav_stream
         return container.duration / av.time_base
     return None
 
@@ -161,6 +162,7 @@ def _pyav_read(path: str | Path, until: float | None = None) -> tuple[np.ndarray
     length the container records: what the last frame holds beyond it is codec padding.
     With `until` (seconds) it stops once past that time: a segment early in a long
     recording decodes only its beginning, to the same samples as a whole decode."""
+    import av  # as in _pyav_stream
     with _pyav_stream(path, "decode audio") as (container, stream):
         expected = _header_length(stream)
         chunks, rate, decoded, stopped, to_planar = [], None, 0, False, None

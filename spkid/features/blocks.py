@@ -168,12 +168,14 @@ def _last_meta(parts: dict[int, Path]) -> dict:
 
 
 def _complete(parts: dict[int, Path]) -> bool:
-    """Parts 0..k all there, the last one saying it is the last."""
+    """Parts 0..k all there and readable, the last one saying it is the last."""
     if sorted(parts) != list(range(len(parts))):
         return False
     try:
+        for part in range(len(parts) - 1):  # the footers only: a damaged copy has none
+            pq.read_schema(parts[part])
         return bool(_last_meta(parts).get("last"))
-    except Exception:  # a part cut short by a crash outside spkid's atomic rename
+    except Exception:  # a part cut short by a crash outside spkid's atomic rename, or damaged
         return False
 
 

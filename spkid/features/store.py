@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import resource
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,9 +141,26 @@ class ShardWriter:
         self._rows, self._bytes = [], 0
 
 
+@contextmanager
+def _reading(path: Path):
+    """Reading one shard: a file pyarrow cannot parse (a copy cut short, overwritten) is a
+    damaged shard, named in one line, not pyarrow's traceback. The features step writes
+    it again (a block whose part does not read is rewritten)."""
+    try:
+        yield
+    except (FileNotFoundError, PermissionError):
+        raise
+    except (pa.ArrowException, OSError) as exc:  # ArrowInvalid: no footer; OSError: bad pages
+        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        why = why.replace(f"Could not open Parquet input source '{path}': ", "")  # named already
+        raise StaleInputError(f"{path}: damaged feature shard, not readable as Parquet "
+                              f"({why})", path) from None
+
+
 def _values_offset(path: Path, count: int, itemsize: int) -> int:
     """File offset of the `count` feature values of a shard written by ShardWriter."""
-    meta = pq.ParquetFile(path).metadata
+    with _reading(path):
+        meta = pq.ParquetFile(path).metadata
     names = [meta.schema.column(i).path for i in range(meta.num_columns)]
     if meta.num_row_groups != 1 or "features.list.element" not in names:
         raise StaleInputError(f"{path}: not a spkid feature shard", path)
@@ -156,6 +174,10 @@ def _values_offset(path: Path, count: int, itemsize: int) -> int:
     start = end - count * itemsize
     if start < col.data_page_offset:
         raise DataError(f"{path}: features column is shorter than its num_frames say")
+    size = path.stat().st_size
+    if end > size:
+        raise StaleInputError(f"{path}: damaged feature shard: its footer places the features "
+                              f"up to byte {end}, the file has {size}", path)
     return start
 
 
@@ -181,14 +203,17 @@ def read_catalog(folder: str | Path) -> pa.Table:
     cols = ["utterance_id", "speaker", "role", "num_frames", "num_mels"]
     tables = []
     for i, p in enumerate(shard_paths(folder)):
-        t = pq.read_table(p, columns=cols)
+        with _reading(p):
+            t = pq.read_table(p, columns=cols)
         tables.append(t.append_column("shard", pa.array(np.full(len(t), i, np.int32))))
     release_free_memory()  # after thousands of footers read (spkid.core.memory)
     return pa.concat_tables(tables)
 
 
 def read_meta(folder: str | Path) -> dict:
-    schema_ = pq.read_schema(shard_paths(folder)[0])
+    first = shard_paths(folder)[0]
+    with _reading(first):
+        schema_ = pq.read_schema(first)
     return json.loads((schema_.metadata or {}).get(b"spkid", b"{}"))
 
 
@@ -252,7 +277,8 @@ def open_features(folder: str | Path) -> FeatureStore:
     _allow_open_files(len(paths))
     arrays = []
     for s, path in enumerate(paths):
-        field = pq.read_schema(path).field("features").type.value_type
+        with _reading(path):
+            field = pq.read_schema(path).field("features").type.value_type
         dtype = next((np_t for np_t, pa_t in DTYPES.values() if pa_t == field), None)
         if dtype is None:
             raise DataError(f"{path}: features are {field}, expected float32 or float16")
