@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import typer
 
 from spkid.core import distributed
+from spkid.core.memory import check_batch_fits
 from spkid.core.params import load_params
 from spkid.data.views import read_views
 from spkid.features.store import open_features, read_meta
@@ -41,6 +42,7 @@ def train(params: Path = ParamsOption):
     p = load_params(params)
     rank, world, device = distributed.start(p.train.device)
     store, meta = open_features(FEATURES), read_meta(FEATURES)
+    check_batch_fits(p, store.n_mels, device)
     speakers = json.loads(SPEAKERS.read_text())["speakers"]
     augment = CropAugment.from_params(p.train.augment, meta["features"])
     classes = augment.classes(speakers) if augment else speakers
