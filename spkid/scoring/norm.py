@@ -75,16 +75,20 @@ def cohort_stats(emb: np.ndarray, cohort: np.ndarray, top_n: int,
     `leave_out[k]` >= 0 is a cohort entry embedding k must not be compared with: its own
     speaker's, whose score would be the top one (-1: none)."""
     skip = leave_out is not None and (np.asarray(leave_out) >= 0).any()
-    top_n = min(top_n, len(cohort) - int(skip))
+    top_n = min(top_n, len(cohort))
     c = _unit(cohort).T
     mean, std = np.zeros(len(emb)), np.zeros(len(emb))
     for s in range(0, len(emb), _ROWS):
         scores = _unit(emb[s:s + _ROWS]) @ c
-        if skip:
+        if skip:  # a left-out entry becomes NaN if it is still among the top (a whole cohort)
             rows = np.flatnonzero(leave_out[s:s + _ROWS] >= 0)
             scores[rows, leave_out[s:s + _ROWS][rows]] = -np.inf
         top = -np.partition(-scores, top_n - 1, axis=1)[:, :top_n]
-        mean[s:s + _ROWS], std[s:s + _ROWS] = top.mean(1), top.std(1)
+        if skip:
+            top[np.isinf(top)] = np.nan
+            mean[s:s + _ROWS], std[s:s + _ROWS] = np.nanmean(top, 1), np.nanstd(top, 1)
+        else:
+            mean[s:s + _ROWS], std[s:s + _ROWS] = top.mean(1), top.std(1)
     return mean, np.maximum(std, _MIN_STD)
 
 
