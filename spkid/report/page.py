@@ -87,10 +87,10 @@ def _shipped(metrics: dict) -> str:
     text = (f"The exported model decides at {shipped['eer_threshold']:.4f}, the EER threshold "
             f"of the {shipped['score']} score on {shipped['role']}")
     if shipped["seen_speakers"]:
-        text += (": trials between training speakers, whose scores run higher than new "
-                 "speakers' do, so on speakers the model never saw expect more false "
-                 "rejections than the EER says (give data.verify_dir or evaluate.trials "
-                 "for a threshold from unseen speakers)")
+        text += (": trials between training speakers, whose EER point need not be that of "
+                 "speakers the model never saw, so expect other error rates than the EER on "
+                 "new speakers (give data.verify_dir or evaluate.trials for a threshold "
+                 "from unseen speakers)")
     else:
         text += ", speakers the model never saw, as `spkid verify` will be used"
     text += "."
