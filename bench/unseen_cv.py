@@ -5,6 +5,9 @@ cross-validation, a clean and a mismatched test, and bootstrap intervals.
     python bench/unseen_cv.py ../shared/data/librispeech-125 --steps 2400 --only "on the fly (spkid recipe verification)" \
         --out bench/unseen-cv.json          # adds rows to an earlier run's results
     python bench/unseen_cv.py --table bench/unseen-cv.json
+    python bench/unseen_cv.py ../shared/data/librispeech-125 --steps 600 --only \
+        "SpecAugment, zero fill" "SpecAugment, mean fill" --out bench/specaugment-fill.json
+    python bench/unseen_cv.py --table bench/specaugment-fill.json --baseline "SpecAugment, zero fill"
 
 The speakers of an audio_dir-style folder are shuffled (`--split-seed`) into `--folds`
 folds; fold k's speakers are held out and the rest train. The held-out recordings are cut
@@ -54,6 +57,11 @@ from spkid.scoring.metrics import eer, min_dcf  # noqa: E402
 CONFIGS = {
     "default": {},
     "on the fly (spkid recipe verification)": dict(RECIPES["verification"]),
+    # Issue 21: what SpecAugment's bands hold on raw log-mels (compare with --baseline).
+    "SpecAugment, zero fill": {"train.augment.specaugment": True,
+                               "train.augment.mask_fill": "zero"},
+    "SpecAugment, mean fill": {"train.augment.specaugment": True,
+                               "train.augment.mask_fill": "mean"},
 }
 PROTOCOL = {"data.source": "audio_dir", "index.split_by": "time", "index.val_fraction": 0.1,
             "index.test_fraction": 0.1, "index.trial_seconds": 1.0, "data.min_seconds": 0.5,
@@ -210,18 +218,18 @@ def _fold_trials(kept, name: str, condition: str, folds: int) -> list[dict] | No
     return [{k: kept[f"{name}|{condition}|{f}|{k}"] for k in keys} for f in range(folds)]
 
 
-def print_table(out: Path) -> None:
+def print_table(out: Path, baseline: str = "default") -> None:
     """Markdown: per configuration and condition, the mean over folds of EER and minDCF
     with 95 % intervals (bootstrap over held-out speakers within each fold), and the
-    paired difference from the default."""
+    paired difference from `baseline` (the default configuration unless named)."""
     state = json.loads(out.read_text())
     kept = dict(np.load(out.with_suffix(".npz"), allow_pickle=False))
     folds = state["protocol"]["folds"]
     print("| configuration | test | EER % (95 % CI) | per fold | minDCF p0.01 (95 % CI) | "
-          "EER − default, points (95 % CI) | target trials | train s |")
+          f"EER − {baseline}, points (95 % CI) | target trials | train s |")
     print("|---|---|---|---|---|---|---|---|")
     for condition in CONDITIONS:
-        base = _fold_trials(kept, "default", condition, folds)
+        base = _fold_trials(kept, baseline, condition, folds)
         for name, result in state["results"].items():
             trials = _fold_trials(kept, name, condition, folds)
             if trials is None:
@@ -245,7 +253,7 @@ def print_table(out: Path) -> None:
             dcf = [min_dcf(t["scores"], t["labels"], 0.01) for t in trials]
             lo, hi = interval(np.array(eers))
             dlo, dhi = interval(np.array(dcfs))
-            diff = ("–" if name == "default" or base is None else
+            diff = ("–" if name == baseline or base is None else
                     "{:+.2f} ({:+.2f}, {:+.2f})".format(
                         100 * (np.mean(point) - np.mean([eer(t["scores"], t["labels"])[0]
                                                          for t in base])),
@@ -258,7 +266,7 @@ def print_table(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--table"]:
-        print_table(Path(sys.argv[2]))
+    if sys.argv[1:2] == ["--table"]:  # --table FILE [--baseline NAME]
+        print_table(Path(sys.argv[2]), *sys.argv[4:5])
     else:
         main()

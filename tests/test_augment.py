@@ -42,5 +42,25 @@ def test_noise_follows_snr_and_masks():
 def test_specaugment_masks_bands():
     torch.manual_seed(0)
     x = torch.randn(3, 50, 20) + 10
-    out = SpecAugment(2, 10, 2, 5)(x)
+    out = SpecAugment(2, 10, 2, 5)(x)  # fills with 0 unless asked
     assert out.shape == x.shape and ((out == 0) | (out == x)).all() and (out == 0).any()
+
+
+def test_specaugment_fills_with_each_bins_mean_and_leaves_padding_alone():
+    x = torch.randn(3, 50, 20) + 10 + torch.arange(20.0)  # bins at different levels
+    mask = torch.ones(3, 50, dtype=torch.bool)
+    mask[1, 30:] = False
+    x[1, 30:] = 0.0  # padding, as batches hold it
+    torch.manual_seed(0)
+    zero = SpecAugment(2, 10, 2, 5, fill="zero")(x, mask)
+    torch.manual_seed(0)
+    mean = SpecAugment(2, 10, 2, 5, fill="mean")(x, mask)
+    masked = zero == 0
+    masked[1, 30:] = False
+    assert masked.any()
+    # The same bands (the same draws), filled with each bin's mean over the real frames.
+    w = mask[..., None].float()
+    level = (x * w).sum(1, keepdim=True) / w.sum(1, keepdim=True)
+    expected = torch.where(masked, level.expand_as(x), x)
+    torch.testing.assert_close(mean[mask], expected[mask], rtol=0, atol=1e-5)
+    assert torch.equal(mean[1, 30:], x[1, 30:]) and torch.equal(zero[1, 30:], x[1, 30:])

@@ -176,6 +176,9 @@ SCHEMA: dict[str, Any] = {
             "time_mask_width": _f("int", 10, "widest time mask (frames)", min=1),
             "freq_masks": _f("int", 2, "frequency masks per segment", min=0),
             "freq_mask_width": _f("int", 5, "widest frequency mask (mel bins)", min=1),
+            "mask_fill": _f("str", "zero", "what SpecAugment's bands hold: 0 (on raw log-mels "
+                            "a level far below speech) or each bin's mean over the crop (the "
+                            "level masks have after mean normalisation)", choices=("zero", "mean")),
             "noise_dir": _f("str", None, "folder of noise audio mixed into training segments",
                             nullable=True),
             "noise_prob": _f("float", 0.5, "share of segments that get noise", min=0, max=1),
