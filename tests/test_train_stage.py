@@ -69,13 +69,7 @@ def test_sigkill_then_resume_equals_uninterrupted_run(prepared, tmp_path):
     killed = fresh_copy(prepared, tmp_path / "killed")
     proc = subprocess.Popen([str(BIN / "spkid"), "train"], cwd=killed, env=env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    last = killed / "data/checkpoints/last.pt"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if last.exists() and torch.load(last, weights_only=True)["progress"]["step"] >= 30:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "training finished before it could be killed"
+    last = wait_for_checkpoint(proc, killed, 30)
     proc.send_signal(signal.SIGSTOP)  # paused, it still holds the lock
     # A second train in the same clone is refused, naming the first, and touches nothing.
     second = spkid(killed, "train", check=False)
@@ -103,17 +97,24 @@ def test_sigkill_then_resume_equals_uninterrupted_run(prepared, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def wait_for_checkpoint(proc, work, step, timeout=120):
+    """The checkpoint of the training `proc` runs in `work`, once it holds `step` (or more);
+    fails when training ends first."""
+    last = work / "data/checkpoints/last.pt"
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if last.exists() and torch.load(last, weights_only=True)["progress"]["step"] >= step:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "training finished before it could be killed"
+    return last
+
+
 def start_and_kill_at(work, step):
     """`spkid train` killed with kill -9 once its checkpoint holds `step`; the checkpoint."""
     proc = subprocess.Popen([str(BIN / "spkid"), "train"], cwd=work, env=env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    last = work / "data/checkpoints/last.pt"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if last.exists() and torch.load(last, weights_only=True)["progress"]["step"] >= step:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "training finished before it could be killed"
+    last = wait_for_checkpoint(proc, work, step)
     proc.kill()
     proc.wait()
     return last
@@ -252,13 +253,7 @@ def test_torchrun_two_ranks_resume_after_kill_and_score_as_one_process(prepared,
         == (2, 16, 32)
 
     job = torchrun(killed, "train", wait=False)
-    last = killed / "data/checkpoints/last.pt"
-    deadline = time.time() + 180
-    while time.time() < deadline and job.poll() is None:
-        if last.exists() and torch.load(last, weights_only=True)["progress"]["step"] >= 20:
-            break
-        time.sleep(0.02)
-    assert job.poll() is None, "training finished before it could be killed"
+    last = wait_for_checkpoint(job, killed, 20, timeout=180)
     kill_job(job)
     snapshot = torch.load(last, weights_only=True)
     assert len(snapshot["rng"]) == 2 and not torch.equal(snapshot["rng"][0]["cpu"],

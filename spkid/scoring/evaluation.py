@@ -11,7 +11,7 @@ from spkid.core.atomic import write_json
 from spkid.scoring.bootstrap import Bootstrap
 from spkid.scoring.calibration import Calibration, calibrated_metrics
 from spkid.scoring.metrics import det_points, eer, min_dcf, verification_summary
-from spkid.scoring.norm import cosine_scores
+from spkid.scoring.norm import ScoreNorm, cosine_scores
 from spkid.scoring.trials import sample_trials, unseen_trials
 
 ROLES = ("val", "test")
@@ -119,22 +119,21 @@ def score_unseen(scoring, rows, meta: dict, e, norm, *, progress: bool = False
     emb[used] = scoring.embed_recordings([rows[k].path for k in used], e.batch_frames,
                                          spans=[(rows[k].start, rows[k].end) for k in used],
                                          progress=progress)
+    spoken_by = np.asarray([r.speaker for r in rows], object)
     result, curve = score_trials(emb, i, j, labels, norm, bootstrap=bootstrap_of(e),
-                                 speakers=[r.speaker for r in rows])
+                                 speakers=spoken_by)
     result["recordings"] = int(len(used))
-    speakers = {rows[k].speaker for k in used if rows[k].speaker is not None}
+    speakers = {s for s in spoken_by[used] if s is not None}
     if speakers:
         result["speakers"] = len(speakers)
-    spoken_by = [r.speaker for r in rows]
     if e.calibration_speakers and None not in spoken_by:
-        scores = (cosine_scores(emb, i, j) if norm is None or norm.kind is None
-                  else norm.scores(emb, i, j)[norm.kind])
-        calibrated = calibrate_on_speakers(scores, labels, np.asarray(spoken_by, object)[i],
-                                           np.asarray(spoken_by, object)[j],
+        norm = norm or ScoreNorm()
+        # The scores an exported model decides with, the ones `spkid verify` calibrates.
+        calibrated = calibrate_on_speakers(norm.decision_scores(norm.center(emb), i, j), labels,
+                                           spoken_by[i], spoken_by[j],
                                            e.calibration_speakers, e.seed)
         if calibrated is not None:
-            result["calibration"] = {"score": (norm.kind if norm is not None else None)
-                                     or "cosine", **calibrated}
+            result["calibration"] = {"score": norm.kind or "cosine", **calibrated}
     return result, curve
 
 

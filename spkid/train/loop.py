@@ -39,7 +39,9 @@ def train(model, batches, validation: Validation, p, *, device: torch.device,
     0's snapshot with its own RNG state; rank 0 alone hands out through `hooks`."""
     t, margin_at, augment = p.train, phase_margin(p), augmentation(p)
     total = t.steps + t.finetune.steps
-    boundary = finetune_boundary(t)
+    # With fine-tuning, data/model comes from its validations (best and averaged alike):
+    # that phase replaces the model.
+    boundary = t.steps if t.finetune.steps else 0
     run = RunState(model, t, device, world)
     if resume is not None:
         run.restore(resume, rank)
@@ -94,12 +96,6 @@ def _parallel(model, device: torch.device, world: int, compile_model: bool):
     if compile_model and device.type == "cuda":
         forward = torch.compile(forward)
     return forward
-
-
-def finetune_boundary(t) -> int:
-    """The last step before the phase the model comes from: with fine-tuning, data/model
-    comes from that phase's validations (best and averaged alike), else from any."""
-    return t.steps if t.finetune.steps else 0
 
 
 def _validate(run: RunState, validation: Validation, hooks: RunHooks, margin=None,

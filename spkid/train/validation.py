@@ -46,7 +46,7 @@ class Validation:
     def accuracy(self, model, device: torch.device, rank: int = 0, world: int = 1
                  ) -> float | None:
         """Closed-set accuracy of `model`; None without a val split. Under torchrun each
-        rank scores every world-th view and every rank returns the same accuracy."""
+        rank scores every world-th batch and every rank returns the same accuracy."""
         if self.labels is None:
             return None
         scored = embed_views(model, self.store, self.views, self.batch_frames, device,
