@@ -128,12 +128,13 @@ def trial_scores(project: Path) -> dict:
     from spkid.data.manifest import read_manifest
     from spkid.scoring.embedding import Scoring
     from spkid.scoring.norm import cosine_scores
-    from spkid.scoring.trials import unseen_trials
+    from spkid.scoring.trials import unseen_trial_lists
     p = yaml.safe_load((project / "params.yaml").read_text())["evaluate"]
     rows, meta = read_manifest(project / "data/raw/verify.parquet")
     scoring = Scoring.open(project / "data/model", project / "data/features", "cpu")
-    i, j, labels = unseen_trials(rows, meta, seed=p["seed"], nontarget_ratio=p["nontarget_ratio"],
-                                 max_trials=p["max_trials"])
+    i, j, labels = unseen_trial_lists(rows, meta, seed=p["seed"],
+                                      nontarget_ratio=p["nontarget_ratio"],
+                                      max_trials=p["max_trials"])["verify"]
     emb = scoring.embed_recordings([r.path for r in rows], p["batch_frames"])
     speakers = np.array([r.speaker for r in rows])
     return {"scores": cosine_scores(emb, i, j).astype(np.float32), "labels": labels.astype(np.int8),

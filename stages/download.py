@@ -55,7 +55,9 @@ def download(params: Path = ParamsOption):
         # The verification audio first: a bad file there fails before anything is written.
         unseen = scan_unseen_speakers(
             local_path(p.data.verify_dir) if p.data.verify_dir is not None else None,
-            local_path(p.evaluate.trials) if p.evaluate.trials is not None else None, checks)
+            [local_path(t) for t in p.evaluate.trials or []], checks,
+            calibration=local_path(p.evaluate.calibration_trials)
+            if p.evaluate.calibration_trials is not None else None)
         if p.data.source == "synthetic":
             text, unseen = synthetic_corpus(p, FILES, unseen)
         else:

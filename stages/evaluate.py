@@ -2,7 +2,8 @@
 the pictures in metrics/plots/ and the DET points in metrics/det/.
 
 With data.verify_dir or evaluate.trials it also scores verification on unseen speakers
-("verify" in metrics/eval.json): the recordings download listed in data/raw/verify.parquet.
+("verify" in metrics/eval.json, and "verify_<name>" for each further trial list): the
+recordings download listed in data/raw/verify.parquet.
 
 Under torchrun every rank embeds its share of every set and rank 0 writes; the metrics are
 those of one process."""
@@ -53,8 +54,10 @@ def evaluate(params: Path = ParamsOption):
             print("spkid: warning: the model was trained on precomputed (HW4) features; spkid's "
                   "log-mels of the verification audio cannot reproduce the data set's own "
                   "extraction exactly, so the verification EER is pessimistic", file=sys.stderr)
-        report["verify"], curves["verify"] = score_unseen(scoring, rows, meta, p.evaluate, norm,
-                                                          progress=sys.stderr.isatty())
+        unseen, unseen_curves = score_unseen(scoring, rows, meta, p.evaluate, norm,
+                                             progress=sys.stderr.isatty())
+        report.update(unseen)
+        curves.update(unseen_curves)
     report["shipped"] = shipped_threshold(report, norm.kind)
     distributed.finish(world)
     if rank != 0:

@@ -170,9 +170,14 @@ def test_kaldi_folder(repo, tmp_path_factory):
     (unseen / "trials").write_text(
         "dave-rec0-a dave-rec1-b target\ndave-rec0-a erin-rec0-b nontarget\n"
         "erin-rec0-a erin-rec1-a target\nerin-rec1-b dave-rec1-a nontarget\n")
+    # A second list sharing utterances with the first, and a list to calibrate on.
+    (unseen / "hard").write_text("dave-rec0-a dave-rec0-b target\ndave-rec0-a erin-rec0-a nontarget\n")
+    (unseen / "cal").write_text("erin-rec0-b erin-rec1-b target\ndave-rec1-b erin-rec1-b nontarget\n"
+                                "dave-rec1-a dave-rec1-b target\nerin-rec0-b dave-rec0-b nontarget\n")
     copy_project(path, with_tiny(data={"source": "kaldi", "path": str(kaldi),
                                        "verify_dir": str(unseen)},
-                                 evaluate={"trials": str(unseen / "trials")}))
+                                 evaluate={"trials": [str(unseen / "trials"), str(unseen / "hard")],
+                                           "calibration_trials": str(unseen / "cal")}))
     commit(path, env, "project")
 
     out = repro(path, env)
@@ -184,7 +189,12 @@ def test_kaldi_folder(repo, tmp_path_factory):
         f"{spk}-rec{r}-{half}" for spk in ("alice", "bob", "carol") for r in (0, 1) for half in "ab"}
     metrics = read_metrics(path)
     assert metrics["test"]["trials"] > 0
-    assert "verify: 4 listed trials over 7 utterances" in out
-    verify = metrics["verify"]
+    assert "verify: 3 lists (trials 4, hard 2, cal 4 trials) over 8 utterances" in out
+    verify, hard = metrics["verify"], metrics["verify_hard"]
     assert (verify["trials"], verify["target_trials"], verify["recordings"]) == (4, 2, 7)
     assert verify["speakers"] == 2 and 0 <= verify["eer"] <= 1
+    assert (hard["list"], hard["trials"], hard["recordings"]) == ("hard", 2, 3)
+    assert verify["calibration"]["fit_list"] == hard["calibration"]["fit_list"] == "cal"
+    assert (path / "metrics/det/verify_hard.json").is_file()
+    shipped = json.loads((path / "data/export/model/model.json").read_text())["calibration"]
+    assert shipped["slope"] == verify["calibration"]["slope"]

@@ -83,6 +83,13 @@ def test_report_is_self_contained(tmp_path):
         metrics[role], curves[role] = verification(*trials(rng))
         metrics[role].update(accuracy_top1=0.875, accuracy_top5=0.99)
     metrics["verify"] = {**verification(*trials(rng))[0], "asnorm": {"eer": 0.0123, "trials": 400}}
+    # A further trial list gets its row; a calibration from a named list says so.
+    metrics["verify_vox1_E"] = {**verification(*trials(rng))[0], "eer": 0.0456}
+    metrics["shipped"] = {"eer_threshold": 0.5, "role": "verify", "score": "cosine",
+                          "seen_speakers": False}
+    metrics["verify"]["calibration"] = {
+        "score": "cosine", "fit_list": "cal", "fit_trials": 1500, "trials": 400, "cllr": 0.25,
+        "min_cllr": 0.2, "act_dcf_p01": 0.5, "min_dcf_p01": 0.4}
     evaluation_plots.det_curves({r: {**c, "eer": metrics[r]["eer"]} for r, c in curves.items()}, image)
     params = {"data": {"source": "audio_dir", "seed": 0}, "loss": {"m": 0.35, "s": 30.0}}
     defaults = {"data": {"source": "synthetic", "seed": 0}, "loss": {"m": 0.2, "s": 30.0}}
@@ -95,6 +102,8 @@ def test_report_is_self_contained(tmp_path):
                              {"speakers": ["a<b", "c"], "errors": 3, "a_as_b": 2, "b_as_a": 1}])
     assert base64.b64encode(image.read_bytes()).decode() in page
     assert "0.875" in page and "1.23 %" in page and "AS-norm" in page
+    assert "<td class=l>verify_vox1_E</td>" in page and "4.56 %" in page
+    assert "the trial list cal (1,500 trials) and measured on all of verify&#x27;s" in page
     assert "data.source" in page and "loss.m" in page and "loss.s" not in page
     assert "abc.dir" in page and "def.dir" in page
     assert "a&lt;b / c" in page  # speaker names are escaped

@@ -269,11 +269,12 @@ def test_kaldi_verification_folder_and_its_utterance_id_trials(tmp_path):
     """data.verify_dir may be a Kaldi folder; evaluate.trials then names its utterances by
     id (Kaldi's own lists), segments included, and each trial maps to those rows."""
     from spkid.data.sources.unseen import scan_unseen_speakers
-    from spkid.scoring.trials import unseen_trials
+    from spkid.scoring.trials import unseen_trial_lists
     folder = make_kaldi(tmp_path / "k")
     rows, meta = scan_unseen_speakers(folder, None)
     assert meta["kind"] == "dir" and meta["speakers"] == ["alice", "bob"] and len(rows) == 8
-    i, j, labels = unseen_trials(rows, meta, seed=0, nontarget_ratio=1.0, max_trials=100)
+    (i, j, labels), = unseen_trial_lists(rows, meta, seed=0, nontarget_ratio=1.0,
+                                         max_trials=100).values()
     assert labels.sum() == 2 * 6  # all same-speaker pairs: 4 segments per speaker
 
     trials = tmp_path / "trials"
@@ -281,12 +282,13 @@ def test_kaldi_verification_folder_and_its_utterance_id_trials(tmp_path):
                       "# a comment\n"
                       "1 bob-rec0-a bob-rec1-a\n")
     rows, meta = scan_unseen_speakers(folder, trials)
-    assert meta["kind"] == "trials" and meta["pairs"] == 3
+    assert meta["kind"] == "trials" and [e["pairs"] for e in meta["lists"]] == [3]
     by_id = {r.utterance_id: r for r in rows}
     assert sorted(by_id) == ["alice-rec0-a", "alice-rec1-b", "bob-rec0-a", "bob-rec0-b",
                              "bob-rec1-a"]
     assert (by_id["alice-rec1-b"].start, by_id["alice-rec1-b"].end) == (1.5, None)
-    i, j, labels = unseen_trials(rows, meta, seed=0, nontarget_ratio=1.0, max_trials=100)
+    (i, j, labels), = unseen_trial_lists(rows, meta, seed=0, nontarget_ratio=1.0,
+                                         max_trials=100).values()
     got = [(rows[a].utterance_id, rows[b].utterance_id, int(y)) for a, b, y in zip(i, j, labels)]
     assert got == [("alice-rec0-a", "alice-rec1-b", 1), ("alice-rec0-a", "bob-rec0-b", 0),
                    ("bob-rec0-a", "bob-rec1-a", 1)]

@@ -201,8 +201,14 @@ SCHEMA: dict[str, Any] = {
                               above=0),
         "max_trials": _f("int", 200000, "cap on trials per role", min=2),
         "batch_frames": _f("int", 20000, "padded frames per evaluation batch", min=1),
-        "trials": _f("str", None, "VoxCeleb- or Kaldi-style trial list scored as "
-                     "unseen-speaker verification", nullable=True),
+        "trials": _f("str_or_list", None, "VoxCeleb- or Kaldi-style trial list (or a list "
+                     "of them, e.g. VoxCeleb1-O, -E, -H) scored as unseen-speaker verification: "
+                     "the first as verify, each further one as verify_<file name>",
+                     nullable=True),
+        "calibration_trials": _f("str", None, "trial list whose trials fit the calibration "
+                                 "of scores to LLRs, measured on every evaluate.trials list "
+                                 "(null = a share of the unseen speakers, "
+                                 "evaluate.calibration_speakers)", nullable=True),
         "subtract_mean": _f("bool", False, "also score with the training-set mean embedding "
                             "subtracted (\"mean_sub\" in metrics/eval.json)"),
         "asnorm_top_n": _f("int", 0, "also score with adaptive s-norm against the training "

@@ -9,7 +9,8 @@ import base64
 import html
 from pathlib import Path
 
-ROLES = ("val", "test", "verify")
+from spkid.scoring.roles import unseen_roles
+
 SCORES = (("raw cosine", None), ("mean subtracted", "mean_sub"), ("AS-norm", "asnorm"))
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1000px; color: #222; }
@@ -54,9 +55,7 @@ def _num(x, digits: int = 3) -> str:
 
 def _headline(metrics: dict) -> str:
     rows = []
-    for role in ROLES:
-        if role not in metrics:
-            continue
+    for role in [r for r in ("val", "test") if r in metrics] + unseen_roles(metrics):
         m = metrics[role]
         for label, key in SCORES:
             s = m if key is None else m.get(key)
@@ -96,9 +95,11 @@ def _shipped(metrics: dict) -> str:
     text += "."
     c = (metrics.get("verify") or {}).get("calibration")
     if c:
+        fitted = (f"the trial list {c['fit_list']} ({c['fit_trials']:,} trials) and measured "
+                  f"on all of verify's" if "fit_list" in c else
+                  f"{c['fit_speakers']} unseen speakers and measured on {c['speakers']} others")
         text += (f" Its {c['score']} scores are calibrated to log-likelihood ratios on "
-                 f"{c['fit_speakers']} unseen speakers and measured on {c['speakers']} others "
-                 f"({c['trials']:,} trials): Cllr {c['cllr']:.3f} bits (best monotone "
+                 f"{fitted} ({c['trials']:,} trials): Cllr {c['cllr']:.3f} bits (best monotone "
                  f"calibration {c['min_cllr']:.3f}); actual DCF p0.01 {c['act_dcf_p01']:.3f} "
                  f"against the minimum {c['min_dcf_p01']:.3f}.")
     return f"<p>{html.escape(text)}</p>"

@@ -8,13 +8,14 @@ from pathlib import Path
 import numpy as np
 
 from spkid.core.atomic import write_json
+from spkid.core.errors import DataError
 from spkid.scoring.bootstrap import Bootstrap
 from spkid.scoring.calibration import Calibration, calibrated_metrics
 from spkid.scoring.metrics import det_points, eer, min_dcf, verification_summary
 from spkid.scoring.norm import ScoreNorm, cosine_scores
-from spkid.scoring.trials import sample_trials, unseen_trials
+from spkid.scoring.roles import ROLES, unseen_roles
+from spkid.scoring.trials import sample_trials, unseen_trial_lists
 
-ROLES = ("val", "test")
 
 
 def verification(scores: np.ndarray, labels: np.ndarray, bootstrap: Bootstrap | None = None,
@@ -108,33 +109,71 @@ def score_roles(scoring, views: dict, e, norm) -> tuple[dict, dict, dict]:
 
 
 def score_unseen(scoring, rows, meta: dict, e, norm, *, progress: bool = False
-                 ) -> tuple[dict, dict | None]:
-    """Verification metrics and DET curve of the unseen-speaker recordings `rows` (their
-    manifest and meta from spkid.data.sources.unseen): decoded, turned into log-mels with the
-    model's own feature params and embedded whole."""
-    i, j, labels = unseen_trials(rows, meta, seed=e.seed, nontarget_ratio=e.nontarget_ratio,
-                                 max_trials=e.max_trials)
-    used = np.unique(np.concatenate([i, j]))
+                 ) -> tuple[dict, dict]:
+    """(metrics, DET curves) by role of the unseen-speaker recordings `rows` (their manifest
+    and meta from spkid.data.sources.unseen), decoded, turned into log-mels with the model's
+    own feature params and embedded whole, each once however many lists name it. The first
+    list (or a folder's sampled trials) is the role "verify", whose threshold export ships;
+    each further list is "verify_<name>". The calibration to LLRs is fitted on the
+    calibration list when the params name one, else on a seeded part of each list's speakers."""
+    lists = unseen_trial_lists(rows, meta, seed=e.seed, nontarget_ratio=e.nontarget_ratio,
+                               max_trials=e.max_trials)
+    used = np.unique(np.concatenate([k for i, j, _ in lists.values() for k in (i, j)]))
     emb = np.zeros((len(rows), scoring.model.embedding_dim), np.float32)
     emb[used] = scoring.embed_recordings([rows[k].path for k in used], e.batch_frames,
                                          spans=[(rows[k].start, rows[k].end) for k in used],
                                          progress=progress)
     spoken_by = np.asarray([r.speaker for r in rows], object)
-    result, curve = score_trials(emb, i, j, labels, norm, bootstrap=bootstrap_of(e),
-                                 speakers=spoken_by)
-    result["recordings"] = int(len(used))
-    speakers = {s for s in spoken_by[used] if s is not None}
-    if speakers:
-        result["speakers"] = len(speakers)
-    if e.calibration_speakers and None not in spoken_by:
-        norm = norm or ScoreNorm()
-        # The scores an exported model decides with, the ones `spkid verify` calibrates.
-        calibrated = calibrate_on_speakers(norm.decision_scores(norm.center(emb), i, j), labels,
-                                           spoken_by[i], spoken_by[j],
-                                           e.calibration_speakers, e.seed)
+    shipped = norm or ScoreNorm()
+    # The scores an exported model decides with, the ones `spkid verify` calibrates.
+    decision = lambda i, j: shipped.decision_scores(shipped.center(emb), i, j)  # noqa: E731
+    purpose = {entry["name"]: entry["purpose"] for entry in meta.get("lists", [])}
+    fitted = None
+    for name in [n for n in lists if purpose.get(n) == "calibration"]:
+        fitted = name, _fit_calibration(decision, *lists.pop(name), meta, name)
+    report, curves = {}, {}
+    for k, (name, (i, j, labels)) in enumerate(lists.items()):
+        role = "verify" if k == 0 else f"verify_{name}"
+        report[role], curves[role] = score_trials(emb, i, j, labels, norm,
+                                                  bootstrap=bootstrap_of(e), speakers=spoken_by)
+        side = np.concatenate([i, j])
+        report[role]["recordings"] = int(len(np.unique(side)))
+        speakers = {s for s in spoken_by[side] if s is not None}
+        if speakers:
+            report[role]["speakers"] = len(speakers)
+        if meta.get("kind") == "trials":
+            report[role]["list"] = name
+        if fitted is not None:
+            calibrated = _measured_calibration(fitted, decision(i, j), labels)
+        elif e.calibration_speakers and None not in spoken_by[side]:
+            calibrated = calibrate_on_speakers(decision(i, j), labels, spoken_by[i],
+                                               spoken_by[j], e.calibration_speakers, e.seed)
+        else:
+            calibrated = None
         if calibrated is not None:
-            result["calibration"] = {"score": norm.kind or "cosine", **calibrated}
-    return result, curve
+            report[role]["calibration"] = {"score": shipped.kind or "cosine", **calibrated}
+    return report, curves
+
+
+def _fit_calibration(decision, i, j, labels, meta: dict, name: str) -> tuple[Calibration, dict]:
+    """The calibration fitted on every trial of the calibration list `name`."""
+    if labels.min() == labels.max():
+        file = next(e["trials"] for e in meta["lists"] if e["name"] == name)
+        raise DataError(f"{file}: the calibration list (evaluate.calibration_trials) needs "
+                        "both same-speaker and different-speaker trials")
+    return Calibration.fit(decision(i, j), labels), {"fit_list": name,
+                                                     "fit_trials": int(len(labels))}
+
+
+def _measured_calibration(fitted, scores: np.ndarray, labels: np.ndarray) -> dict | None:
+    """A list's calibration block when a calibration list was fitted: measured on all its
+    trials (None when they lack a kind)."""
+    _, (calibration, about) = fitted
+    if labels.min() == labels.max():
+        return None
+    return {"slope": calibration.slope, "offset": calibration.offset, **about,
+            "trials": int(len(labels)), "target_trials": int(labels.sum()),
+            **calibrated_metrics(calibration, scores, labels)}
 
 
 def calibrate_on_speakers(scores: np.ndarray, labels: np.ndarray, speaker_a, speaker_b,
@@ -170,9 +209,10 @@ def det_json(curve: dict | None) -> dict:
 
 
 def write_det_curves(folder, curves: dict) -> None:
-    """<folder>/<role>.json for every role scored; the unseen-speaker ("verify") curve of an
-    earlier run goes when this one has none."""
-    (Path(folder) / "verify.json").unlink(missing_ok=True)
+    """<folder>/<role>.json for every role scored. The unseen-speaker curves ("verify*") of
+    an earlier run are removed first, so a list no longer scored leaves no curve behind."""
+    for stale in Path(folder).glob("verify*.json"):
+        stale.unlink()
     for role, curve in curves.items():
         write_json(Path(folder) / f"{role}.json", det_json(curve))
 
@@ -183,9 +223,9 @@ def summary_text(report: dict, norm_kind: str | None) -> str:
     pct = lambda x: "n/a" if x is None else f"{100 * x:.2f}%"  # noqa: E731
     text = "; ".join(f"{r}: top1 {num(report[r]['accuracy_top1'])}, EER {pct(report[r]['eer'])}"
                      for r in ROLES)
-    if "verify" in report:
-        v = report["verify"]
-        text += f"; verify: EER {pct(v['eer'])} over {v['trials']} trials"
+    for role in unseen_roles(report):
+        v = report[role]
+        text += f"; {role}: EER {pct(v['eer'])} over {v['trials']} trials"
         if norm_kind:
             text += f" ({norm_kind} {pct(v[norm_kind]['eer'])})"
     return text

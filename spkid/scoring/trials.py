@@ -100,28 +100,34 @@ def sample_trials(
     return i[order], j[order], label[order]
 
 
-def unseen_trials(rows: list[ManifestRow], meta: dict, *, seed: int, nontarget_ratio: float,
-                  max_trials: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(i, j, label) int64 arrays of trials over the unseen-speaker recordings `rows` and
-    their meta (spkid.data.sources.unseen): all same-speaker pairs of a folder plus sampled
-    different ones, or the pairs its trial list names (label 1 = same speaker)."""
+def unseen_trial_lists(rows: list[ManifestRow], meta: dict, *, seed: int,
+                       nontarget_ratio: float, max_trials: int) -> dict[str, tuple]:
+    """{list name: (i, j, label) int64 arrays} of trials over the unseen-speaker recordings
+    `rows` and their meta (spkid.data.sources.unseen), in the order the params gave the
+    lists (the calibration list last): for a folder, {"verify": all same-speaker pairs plus
+    sampled different ones}; else the pairs each trial list names (label 1 = same speaker)."""
     kind = meta.get("kind")
     if kind == "dir":
-        return sample_trials([r.speaker for r in rows], seed, nontarget_ratio, max_trials)
+        return {"verify": sample_trials([r.speaker for r in rows], seed, nontarget_ratio,
+                                        max_trials)}
     if kind != "trials":
         raise ValueError(f"no verification trials (kind {kind!r})")
-    trials = Path(meta["trials"])
+    by_id = meta.get("keys") == "utterance_id"  # a Kaldi folder's lists name utterances
+    where = {(r.utterance_id if by_id else r.path): k for k, r in enumerate(rows)}
+    return {entry["name"]: _listed_pairs(entry, where, by_id, meta.get("verify_dir"))
+            for entry in meta["lists"]}
+
+
+def _listed_pairs(entry: dict, where: dict, by_id: bool, verify_dir: str | None):
+    trials = Path(entry["trials"])
     if not trials.is_file():
         raise DataError(f"{trials}: trial list not found")
-    if hashlib.sha256(trials.read_bytes()).hexdigest() != meta.get("trials_sha256"):
+    if hashlib.sha256(trials.read_bytes()).hexdigest() != entry.get("trials_sha256"):
         raise StaleInputError(f"{trials}: trial list changed since it was scanned")
-    if meta.get("keys") == "utterance_id":  # a Kaldi folder's list names utterances
-        where = {r.utterance_id: k for k, r in enumerate(rows)}
+    if by_id:
         pairs = [(label, a, b) for _, label, a, b in trial_lines(trials)]
     else:
-        where = {r.path: k for k, r in enumerate(rows)}
-        pairs = [(label, str(a), str(b))
-                 for label, a, b in read_trials_list(trials, meta["audio_root"])]
+        pairs = [(label, str(a), str(b)) for label, a, b in read_trials_list(trials, verify_dir)]
     index = []
     for label, a, b in pairs:
         if a not in where or b not in where:

@@ -44,9 +44,14 @@ def unseen_summary(unseen: tuple[list, dict]) -> str:
         return ""
     unit = ("utterances" if unseen_meta.get("keys") == "utterance_id"  # Kaldi's
             else "recordings")
-    what = (f"{unseen_meta['pairs']} listed trials over {len(unseen_rows)} {unit}"
-            if unseen_meta["kind"] == "trials" else
-            f"{len(unseen_rows)} {unit}, {len(unseen_meta['speakers'])} speakers")
+    if unseen_meta["kind"] == "trials":
+        lists = unseen_meta["lists"]
+        each = ", ".join(f"{e['name']} {e['pairs']}" for e in lists)
+        listed = (f"{lists[0]['pairs']} listed trials" if len(lists) == 1 else
+                  f"{len(lists)} lists ({each} trials)")
+        what = f"{listed} over {len(unseen_rows)} {unit}"
+    else:
+        what = f"{len(unseen_rows)} {unit}, {len(unseen_meta['speakers'])} speakers"
     return f"; verify: {what}"
 
 
