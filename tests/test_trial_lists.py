@@ -11,7 +11,7 @@ import soundfile as sf
 from spkid.core.errors import ParamsError
 from spkid.core.params import validate_params
 from spkid.data.sources.unseen import scan_unseen_speakers
-from spkid.scoring.calibration import Calibration, calibrated_metrics
+from spkid.scoring.calibration import Calibration, calibrated_metrics, cllr, duration_quality
 from spkid.scoring.evaluation import score_unseen, write_det_curves
 from spkid.scoring.metrics import eer
 from spkid.scoring.norm import ScoreNorm, cosine_scores
@@ -22,13 +22,13 @@ SPEAKERS = ("ann", "bob", "cat", "dan", "eve", "fay")
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    """<speaker>/<n>.wav for six speakers, three short recordings each."""
+    """<speaker>/<n>.wav for six speakers, three short recordings each (0.5, 1 and 1.5 s)."""
     root = tmp_path_factory.mktemp("unseen")
     rng = np.random.default_rng(0)
     for spk in SPEAKERS:
         (root / spk).mkdir()
         for n in range(3):
-            sf.write(root / spk / f"{n}.wav", 0.1 * rng.standard_normal(8000), 16000)
+            sf.write(root / spk / f"{n}.wav", 0.1 * rng.standard_normal(8000 * (n + 1)), 16000)
     return root
 
 
@@ -101,6 +101,22 @@ def test_several_lists_and_a_calibration_list_score_each_and_embed_each_recordin
         assert (c["slope"], c["offset"]) == pytest.approx((fit.slope, fit.offset))
         expected = calibrated_metrics(fit, scores, labels)
         assert {k: c[k] for k in expected} == pytest.approx(expected)
+
+    # With the duration quality measure the calibration weighs log durations too.
+    p = validate_params({"evaluate": {"bootstrap_rounds": 0,
+                                      "calibration_quality": "duration"}}).evaluate
+    report, _ = score_unseen(EmbedsOnce(), rows, meta, p, ScoreNorm())
+    seconds = np.array([r.duration for r in rows])
+    assert sorted(set(seconds.round(3))) == [0.5, 1.0, 1.5]
+    i, j, labels = lists["cal"]
+    fit = Calibration.fit(cosine_scores(emb, i, j), labels,
+                          duration_quality(seconds[i], seconds[j]), kind="duration")
+    c = report["verify_vox1_E"]["calibration"]
+    assert c["quality"] == "duration"
+    assert (c["slope"], *c["quality_weights"]) == pytest.approx((fit.slope, *fit.quality_weights))
+    i, j, labels = lists["vox1_E"]
+    assert c["cllr"] == pytest.approx(cllr(fit.llr(cosine_scores(emb, i, j),
+                                                   duration_quality(seconds[i], seconds[j])), labels))
 
     # A curve of a list no longer scored does not outlive it.
     det = tmp_path / "det"

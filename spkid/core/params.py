@@ -222,6 +222,9 @@ SCHEMA: dict[str, Any] = {
                                    "draw) whose trials fit the score calibration to LLRs; the "
                                    "others measure it (verify.calibration; 0 = none)",
                                    min=0, max=1),
+        "calibration_quality": _f("str", "none", "quality measure the calibration also "
+                                  "weighs (WeSpeaker's QMF): duration = log of the shorter "
+                                  "and of the longer side's seconds", choices=("none", "duration")),
         "bootstrap_by": _f("str", "speakers", "what the bootstrap resamples: speakers (when "
                            "the trials' speakers are known; else trials) or trials",
                            choices=("speakers", "trials")),

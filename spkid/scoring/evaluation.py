@@ -10,7 +10,7 @@ import numpy as np
 from spkid.core.atomic import write_json
 from spkid.core.errors import DataError
 from spkid.scoring.bootstrap import Bootstrap
-from spkid.scoring.calibration import Calibration, calibrated_metrics
+from spkid.scoring.calibration import Calibration, calibrated_metrics, duration_quality
 from spkid.scoring.metrics import det_points, eer, min_dcf, verification_summary
 from spkid.scoring.norm import ScoreNorm, cosine_scores
 from spkid.scoring.roles import ROLES, unseen_roles
@@ -127,10 +127,12 @@ def score_unseen(scoring, rows, meta: dict, e, norm, *, progress: bool = False
     shipped = norm or ScoreNorm()
     # The scores an exported model decides with, the ones `spkid verify` calibrates.
     decision = lambda i, j: shipped.decision_scores(shipped.center(emb), i, j)  # noqa: E731
+    quality = trial_quality(rows, e.calibration_quality)
     purpose = {entry["name"]: entry["purpose"] for entry in meta.get("lists", [])}
     fitted = None
     for name in [n for n in lists if purpose.get(n) == "calibration"]:
-        fitted = name, _fit_calibration(decision, *lists.pop(name), meta, name)
+        fitted = _fit_calibration(decision, quality, *lists.pop(name), meta, name,
+                                  e.calibration_quality)
     report, curves = {}, {}
     for k, (name, (i, j, labels)) in enumerate(lists.items()):
         role = "verify" if k == 0 else f"verify_{name}"
@@ -144,10 +146,12 @@ def score_unseen(scoring, rows, meta: dict, e, norm, *, progress: bool = False
         if meta.get("kind") == "trials":
             report[role]["list"] = name
         if fitted is not None:
-            calibrated = _measured_calibration(fitted, decision(i, j), labels)
+            calibrated = _measured_calibration(fitted, decision(i, j), labels, quality(i, j))
         elif e.calibration_speakers and None not in spoken_by[side]:
             calibrated = calibrate_on_speakers(decision(i, j), labels, spoken_by[i],
-                                               spoken_by[j], e.calibration_speakers, e.seed)
+                                               spoken_by[j], e.calibration_speakers, e.seed,
+                                               quality=quality(i, j),
+                                               quality_kind=e.calibration_quality)
         else:
             calibrated = None
         if calibrated is not None:
@@ -155,29 +159,47 @@ def score_unseen(scoring, rows, meta: dict, e, norm, *, progress: bool = False
     return report, curves
 
 
-def _fit_calibration(decision, i, j, labels, meta: dict, name: str) -> tuple[Calibration, dict]:
+def trial_quality(rows, kind: str):
+    """quality(i, j): the (N, k) quality measures of trials (i, j) over the unseen-speaker
+    `rows` that evaluate.calibration_quality `kind` asks for (None for "none")."""
+    if kind == "none":
+        return lambda i, j: None
+    seconds = np.array([np.nan if r.duration is None and r.end is None else
+                        (r.end if r.end is not None else r.duration) - (r.start or 0.0)
+                        for r in rows])
+    if np.isnan(seconds).any():
+        raise DataError(f"{rows[int(np.flatnonzero(np.isnan(seconds))[0])].path}: no duration "
+                        "in the verification manifest for evaluate.calibration_quality "
+                        "(run download again)")
+    return lambda i, j: duration_quality(seconds[i], seconds[j])
+
+
+def _fit_calibration(decision, quality, i, j, labels, meta: dict, name: str, kind: str
+                     ) -> tuple[Calibration, dict]:
     """The calibration fitted on every trial of the calibration list `name`."""
     if labels.min() == labels.max():
         file = next(e["trials"] for e in meta["lists"] if e["name"] == name)
         raise DataError(f"{file}: the calibration list (evaluate.calibration_trials) needs "
                         "both same-speaker and different-speaker trials")
-    return Calibration.fit(decision(i, j), labels), {"fit_list": name,
-                                                     "fit_trials": int(len(labels))}
+    return Calibration.fit(decision(i, j), labels, quality(i, j), kind=kind), {
+        "fit_list": name, "fit_trials": int(len(labels))}
 
 
-def _measured_calibration(fitted, scores: np.ndarray, labels: np.ndarray) -> dict | None:
+def _measured_calibration(fitted, scores: np.ndarray, labels: np.ndarray, quality
+                          ) -> dict | None:
     """A list's calibration block when a calibration list was fitted: measured on all its
     trials (None when they lack a kind)."""
-    _, (calibration, about) = fitted
+    calibration, about = fitted
     if labels.min() == labels.max():
         return None
-    return {"slope": calibration.slope, "offset": calibration.offset, **about,
-            "trials": int(len(labels)), "target_trials": int(labels.sum()),
-            **calibrated_metrics(calibration, scores, labels)}
+    return {**calibration.as_dict(), **about, "trials": int(len(labels)),
+            "target_trials": int(labels.sum()),
+            **calibrated_metrics(calibration, scores, labels, quality)}
 
 
 def calibrate_on_speakers(scores: np.ndarray, labels: np.ndarray, speaker_a, speaker_b,
-                          fraction: float, seed: int) -> dict | None:
+                          fraction: float, seed: int, *, quality: np.ndarray | None = None,
+                          quality_kind: str | None = None) -> dict | None:
     """Calibration fitted on the trials among a seeded `fraction` of the speakers and
     measured on the trials among the others (trials across the two parts are left out):
     speaker-disjoint, as a calibration must be to say anything about new speakers. None
@@ -193,13 +215,15 @@ def calibrate_on_speakers(scores: np.ndarray, labels: np.ndarray, speaker_a, spe
     if any(labels[k].min() == labels[k].max() for k in parts.values() if k.any()) or \
             not all(k.any() for k in parts.values()):
         return None
-    calibration = Calibration.fit(scores[parts["fit"]], labels[parts["fit"]])
+    part = lambda x, k: None if x is None else x[parts[k]]  # noqa: E731
+    calibration = Calibration.fit(part(scores, "fit"), part(labels, "fit"),
+                                  part(quality, "fit"), kind=quality_kind)
     test = parts["test"]
-    return {"slope": calibration.slope, "offset": calibration.offset,
+    return {**calibration.as_dict(),
             "fit_speakers": count, "fit_trials": int(parts["fit"].sum()),
             "speakers": len(names) - count, "trials": int(test.sum()),
             "target_trials": int(labels[test].sum()),
-            **calibrated_metrics(calibration, scores[test], labels[test])}
+            **calibrated_metrics(calibration, scores[test], labels[test], part(quality, "test"))}
 
 
 def det_json(curve: dict | None) -> dict:
@@ -246,7 +270,6 @@ def shipped_threshold(report: dict, kind: str | None) -> dict:
                    "score": kind or "cosine", "seen_speakers": role != "verify"}
             calibration = report[role].get("calibration") or {}
             if calibration.get("score") == out["score"]:  # scores to LLRs, for `spkid verify`
-                out["calibration"] = {"slope": calibration["slope"],
-                                      "offset": calibration["offset"]}
+                out["calibration"] = Calibration.from_dict(calibration).as_dict()
             return out
     return {"eer_threshold": None, "role": None, "score": kind or "cosine", "seen_speakers": None}
