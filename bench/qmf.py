@@ -16,8 +16,6 @@ t-interval over the folds' mean differences (the splits of one fold share its mo
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -30,11 +28,9 @@ from scipy import stats
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-from recipes import run  # noqa: E402
-from unseen_cv import PROTOCOL, folds_of, prepare_fold  # noqa: E402
+from unseen_cv import (PROTOCOL, folds_of, held_out_arguments, prepare_fold,  # noqa: E402
+                       train_on_fold)
 
-from spkid.core.params import defaults  # noqa: E402
-from spkid.core.recipes import apply  # noqa: E402
 from spkid.data.manifest import read_manifest  # noqa: E402
 from spkid.scoring.embedding import Scoring  # noqa: E402
 from spkid.scoring.evaluation import calibrate_on_speakers, trial_quality  # noqa: E402
@@ -109,19 +105,9 @@ def print_table(path: Path) -> None:
 
 
 def main() -> None:
-    import argparse
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("data", type=Path, nargs="?")
-    ap.add_argument("--steps", type=int, default=600)
-    ap.add_argument("--folds", type=int, default=5)
-    ap.add_argument("--split-seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "qmf.json")
-    ap.add_argument("--table", type=Path, help="print the table of an earlier run")
-    args = ap.parse_args()
+    args = held_out_arguments(__doc__, ROOT / "bench" / "qmf.json").parse_args()
     if args.table:
         return print_table(args.table)
-    env = {**os.environ, "PYTHONPATH": str(ROOT),
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     speakers = sorted(p.name for p in args.data.iterdir() if p.is_dir())
     state = {"protocol": {**PROTOCOL, "steps": args.steps, "folds": args.folds,
                           "split_seed": args.split_seed, "piece_seconds": PIECE_SECONDS,
@@ -131,16 +117,7 @@ def main() -> None:
         for f, held in enumerate(folds_of(speakers, args.folds, args.split_seed)):
             prepare_fold(args.data.resolve(), audio, held, 3.0, f)  # the training links
             pieces = cut_varied(args.data.resolve(), held, audio / "verify-varied", f)
-            shutil.rmtree(project, ignore_errors=True)
-            project.mkdir()
-            params = apply(defaults(), {
-                **PROTOCOL, "data.path": str(audio / "train"),
-                "data.verify_dir": str(audio / "verify-varied"),
-                "train.steps": args.steps, "train.valid_every": max(1, args.steps // 10),
-                "train.warmup_steps": max(1, args.steps // 10)})
-            (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-            for stage in ("download", "features", "index", "train"):
-                run(["spkid", stage], project, env)
+            train_on_fold(project, audio / "train", audio / "verify-varied", args.steps)
             state["folds"].append(fold_result(project))
             print(f"fold {f}: {pieces} pieces, {len(state['folds'][-1]['splits'])} splits",
                   flush=True)

@@ -123,6 +123,36 @@ def prepare_fold(data: Path, work: Path, held: list[str], piece_seconds: float, 
     return {"held_out": held, "pieces": pieces}
 
 
+def held_out_arguments(doc: str, out: Path) -> argparse.ArgumentParser:
+    """The command line of the benchmarks that train the default on each fold and study
+    its held-out speakers (bench/threshold_transfer.py, bench/qmf.py)."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("data", type=Path, nargs="?")
+    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--split-seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=out)
+    ap.add_argument("--table", type=Path, help="print the table of an earlier run")
+    return ap
+
+
+def train_on_fold(project: Path, train_dir: Path, verify_dir: Path, steps: int,
+                  overrides: dict | None = None) -> None:
+    """A fresh project at `project` trained (download, features, index, train) on the
+    speakers of `train_dir` with the protocol's params, `verify_dir` as its unseen role."""
+    shutil.rmtree(project, ignore_errors=True)
+    project.mkdir()
+    params = apply(defaults(), {
+        **PROTOCOL, **(overrides or {}), "data.path": str(train_dir),
+        "data.verify_dir": str(verify_dir), "train.steps": steps,
+        "train.valid_every": max(1, steps // 10), "train.warmup_steps": max(1, steps // 10)})
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "PYTHONPATH": str(ROOT),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    for stage in ("download", "features", "index", "train"):
+        run(["spkid", stage], project, env)
+
+
 def trial_scores(project: Path) -> dict:
     """Per-trial raw cosine scores of the verify role, computed as `spkid evaluate` does."""
     from spkid.data.manifest import read_manifest
