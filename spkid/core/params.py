@@ -83,6 +83,8 @@ SCHEMA: dict[str, Any] = {
                           "pads and thrashes caches)", min=1),
         "dtype": _f("str", "float32", "precision of the stored log-mels (float16 halves disk "
                     "and memory)", choices=("float32", "float16")),
+        "vad": _f("bool", False, "keep only the speech of each recording (Silero VAD; needs the "
+                  "vad extra: pip install -e '.[vad]'); model.json records it"),
         "workers": _f("int", 0, "parallel feature workers on this machine: processes over "
                       "blocks, threads within one (0 = one per CPU core)",
                       min=0),
