@@ -21,6 +21,7 @@ from spkid.data.manifest import read_manifest_table
 from spkid.features.blocks import FeatureFolder, plan_blocks, write_blocks
 from spkid.features.extract import BlockJob
 from spkid.features.logmel import LogMelExtractor
+from spkid.features.vad import vad_settings
 from stages.common import ParamsOption, exclusive, one_line_errors, summary
 from stages.layout import FEATURES, MANIFEST
 
@@ -37,9 +38,10 @@ def features(params: Path = ParamsOption):
     rank, world, _ = distributed.start("cpu")
     manifest, meta = read_manifest_table(MANIFEST)
     extractor = LogMelExtractor.from_params(p.features)
-    shard_meta = {"features": extractor.config(), "precomputed": meta.get("format") == "hw4",
+    settings = {**extractor.config(), **vad_settings(p.features.vad)}
+    shard_meta = {"features": settings, "precomputed": meta.get("format") == "hw4",
                   "dtype": p.features.dtype, "source": meta}
-    job = BlockJob(str(MANIFEST), meta, extractor.config(), str(FEATURES), shard_meta,
+    job = BlockJob(str(MANIFEST), meta, settings, str(FEATURES), shard_meta,
                    p.features.dtype, p.features.batch_size, p.data.min_seconds, p.data.short)
     job.check()
     blocks = plan_blocks(manifest, p.features.shard_size, {

@@ -48,12 +48,12 @@ def train(params: Path = ParamsOption):
     classes = augment.classes(speakers) if augment else speakers
     validation = Validation.sample(store, read_views(VIEWS, ["val"])["val"], p.train,
                                    p.evaluate.batch_frames, classes)
-    config, model = train_run.new_model(p, store.n_mels, classes, meta, rank)
+    config, model, origin = train_run.new_model(p, store.n_mels, classes, meta, rank)
     batches = training_batches(store, pq.read_table(SEGMENTS), p.train, rank, world,
                                augment=augment, speakers=len(speakers))
     start = train_run.begin(FILES, fingerprint(p, meta, [SEGMENTS, SPEAKERS, VIEWS]),
-                            p.train.average_last, model, rank, world)
-    for note in start.notes:
+                            p.train.average_last, model, config, rank, world)
+    for note in ([origin] if origin and rank == 0 else []) + start.notes:
         print(f"[train] {note}", flush=True)
     if world > 1:
         print(f"[train] rank {rank} of {world} on {device}: {batches.count} crop windows", flush=True)

@@ -83,6 +83,8 @@ SCHEMA: dict[str, Any] = {
                           "pads and thrashes caches)", min=1),
         "dtype": _f("str", "float32", "precision of the stored log-mels (float16 halves disk "
                     "and memory)", choices=("float32", "float16")),
+        "vad": _f("bool", False, "keep only the speech of each recording (Silero VAD; needs the "
+                  "vad extra: pip install -e '.[vad]'); model.json records it"),
         "workers": _f("int", 0, "parallel feature workers on this machine: processes over "
                       "blocks, threads within one (0 = one per CPU core)",
                       min=0),
@@ -162,6 +164,13 @@ SCHEMA: dict[str, Any] = {
                            "are bigger than it (0 = from all shards)", min=0),
         "window_steps": _f("int", 25, "steps before the shard window moves on by one shard",
                            min=1),
+        "init_from": _f("str", None, "a trained model to start from, to fine-tune it on this "
+                        "data: a model folder (model.pt + model.json, e.g. data/model) or a "
+                        "checkpoint (data/checkpoints/last.pt), relative to the repo root; its "
+                        "head too when the speakers are the same (null = random init)",
+                        nullable=True),
+        "freeze_steps": _f("int", 0, "first steps that train the head alone, the rest of the "
+                           "train.init_from model frozen", min=0),
         "finetune": {
             "steps": _f("int", 0, "large-margin fine-tuning steps after train.steps (0 = off); "
                         "data/model then comes from this phase's validations", min=0),
@@ -415,6 +424,9 @@ _CROSS_CHECKS: list[tuple[str, Callable[[dict], bool], str]] = [
      + p["train"]["augment"]["babble"] <= 1.0,
      "train.augment.reverb + train.augment.babble must not exceed 1 (a crop gets one or "
      "the other)"),
+    ("train.freeze_steps", lambda p: p["train"]["freeze_steps"] == 0
+     or p["train"]["init_from"] is not None,
+     "needs train.init_from (a frozen random encoder learns nothing)"),
     ("evaluate.asnorm_top_n", lambda p: p["evaluate"]["asnorm_top_n"] != 1,
      "must be 0 (off) or >= 2 (a standard deviation needs two scores)"),
     ("data.url", lambda p: p["data"]["source"] != "url" or bool(p["data"]["url"]),

@@ -47,14 +47,14 @@ from spkid.core.seeding import name_seed
 from spkid.data import audio
 from spkid.data.manifest import ManifestRow
 from spkid.data.sources import hw4
-from spkid.features import extract, logmel, store
+from spkid.features import extract, logmel, store, vad
 from spkid.features.extract import BlockJob, write_block
 from spkid.features.store import INCOMPLETE, PATTERN
 
 SUMMARY = "summary.json"
 _SHARD = re.compile(r"shard-(\d{5,})-([0-9a-f]{16})-(\d{3})\.parquet")
 # The code whose edits change features: part of every block's key.
-COMPUTING = (extract, logmel, store, audio, hw4)
+COMPUTING = (extract, logmel, store, vad, audio, hw4)
 
 
 def cut_blocks(ids, shard_size: int) -> list[tuple[int, int]]:

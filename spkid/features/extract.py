@@ -1,6 +1,7 @@
-"""One block of the manifest made into feature shards: decode, resample, log-mel (or load
-a data set's precomputed features), written by ShardWriter. Everything that determines a
-block's bytes is here, in spkid.features.logmel and store and in spkid.data.audio: their
+"""One block of the manifest made into feature shards: decode, resample, keep the speech
+where features.vad asks, log-mel (or load a data set's precomputed features), written by
+ShardWriter. Everything that determines a block's bytes is here, in
+spkid.features.logmel, vad and store and in spkid.data.audio: their
 source is part of each block's key (spkid.features.blocks), so editing them makes every
 block stale, and editing the scheduler makes none.
 """
@@ -19,6 +20,7 @@ from spkid.data.manifest import ManifestRoots, ManifestRow
 from spkid.data.sources.hw4 import load_hw4_features
 from spkid.features.logmel import LogMelExtractor, pad_to_min_length
 from spkid.features.store import ShardWriter
+from spkid.features.vad import detector_for
 
 
 @dataclass(frozen=True)
@@ -26,7 +28,7 @@ class BlockJob:
     """Everything a worker needs to write the shards of blocks of the manifest."""
     manifest_path: str
     meta: dict
-    extractor: dict  # LogMelExtractor.config()
+    extractor: dict  # LogMelExtractor.config(), plus spkid.features.vad's settings
     folder: str
     shard_meta: dict
     dtype: str
@@ -44,6 +46,9 @@ class BlockJob:
         if self.precomputed and self.meta.get("n_mels") != self.extractor["n_mels"]:
             raise DataError(f"{self.manifest_path}: the data set has {self.meta.get('n_mels')} "
                             f"mels but features.n_mels is {self.extractor['n_mels']}")
+        if self.precomputed and detector_for(self.extractor):
+            raise DataError(f"{self.manifest_path}: features.vad needs audio and the data set "
+                            "holds precomputed features")
 
 
 def write_block(job: BlockJob, name: str, rows: list[ManifestRow]) -> dict:
@@ -51,6 +56,7 @@ def write_block(job: BlockJob, name: str, rows: list[ManifestRow]) -> dict:
     tensors) written as the shards `shard-<name>-<part>.parquet`. Returns the block's
     counts, which its last part also records."""
     extractor = LogMelExtractor.from_config(job.extractor)
+    detector = detector_for(job.extractor)
     writer = ShardWriter(job.folder, name, job.shard_meta, job.dtype)
     stats = {"utterances": 0, "padded": 0, "skipped_short": 0}
     min_samples = int(round(job.min_seconds * extractor.sample_rate))
@@ -69,6 +75,8 @@ def write_block(job: BlockJob, name: str, rows: list[ManifestRow]) -> dict:
                 r = rows[k]
                 wave = read_audio(roots.resolve(r), extractor.sample_rate, r.start,
                                   r.end)
+                if detector is not None:  # before the length check: what is left is speech
+                    wave = detector(wave, extractor.sample_rate, r.utterance_id)
                 if len(wave) < min_samples:
                     if job.short == "skip":
                         continue

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from spkid.core.errors import WorldSizeChanged
+from spkid.train.warm_start import source_files
 
 # train.* keys that change how a run computes, never what it computes: a checkpoint stays
 # resumable when they change (a run moved to a GPU, more loader workers).
@@ -19,12 +20,15 @@ HOW_NOT_WHAT = ("device", "num_workers", "compile", "checkpoint_every")
 def fingerprint(p, feature_meta: dict, data_files: list[Path]) -> str:
     """What a checkpoint must match to be resumed: everything that changes the model's
     input or meaning (the feature params and dtype, the model, the loss, the training
-    schedule and augmentation, the crop length) and the index files, nothing else."""
+    schedule and augmentation, the crop length), the index files and the model training
+    starts from (train.init_from: its files' bytes, as DVC does not track them), nothing
+    else."""
     train = {k: v for k, v in p.train.to_dict().items() if k not in HOW_NOT_WHAT}
     features = {k: feature_meta.get(k) for k in ("features", "dtype", "precomputed")}
     h = hashlib.sha256(json.dumps([features, p.model.to_dict(), p.loss.to_dict(), train,
                                    p.index.segment_len], sort_keys=True).encode())
-    for f in data_files:
+    init = source_files(p.train.init_from) if p.train.init_from else []
+    for f in [*data_files, *init]:
         h.update(Path(f).read_bytes())
     return h.hexdigest()
 

@@ -17,6 +17,7 @@ from spkid.train.augment import augmentation
 from spkid.train.schedule import phase_margin
 from spkid.train.state import RunState, TrainResult
 from spkid.train.validation import Validation
+from spkid.train.warm_start import freeze_body
 
 
 @dataclass
@@ -33,7 +34,8 @@ def train(model, batches, validation: Validation, p, *, device: torch.device,
           hooks: RunHooks = RunHooks(), resume: dict | None = None, rank: int = 0,
           world: int = 1, progress: bool = True) -> TrainResult:
     """Run optimizer steps up to `p.train.steps` (plus `p.train.finetune.steps` of
-    large-margin fine-tuning) with the loss margin and augmentation the params ask for;
+    large-margin fine-tuning), the first `p.train.freeze_steps` of them on the head alone,
+    with the loss margin and augmentation the params ask for;
     `batches[k]` is batch k. With `world` > 1 the model is wrapped in
     DistributedDataParallel: every rank validates a part of the val sample and resumes rank
     0's snapshot with its own RNG state; rank 0 alone hands out through `hooks`."""
@@ -45,7 +47,7 @@ def train(model, batches, validation: Validation, p, *, device: torch.device,
     run = RunState(model, t, device, world)
     if resume is not None:
         run.restore(resume, rank)
-    forward = _parallel(model, device, world, t.compile)
+    frozen, forward = None, None
     loader = torch.utils.data.DataLoader(
         torch.utils.data.Subset(batches, range(run.progress.step, total)), batch_size=None,
         shuffle=False, num_workers=t.num_workers, pin_memory=device.type == "cuda",
@@ -56,6 +58,13 @@ def train(model, batches, validation: Validation, p, *, device: torch.device,
     bar = tqdm(total=total, initial=run.progress.step, desc="train", unit="step",
                disable=not progress or rank != 0)
     for step, (x, mask, y) in enumerate(loader, start=run.progress.step + 1):
+        if frozen != (step <= t.freeze_steps):
+            frozen = step <= t.freeze_steps
+            freeze_body(model, frozen)
+            # DDP reduces the gradients of the parameters that train when it is built.
+            forward = _parallel(model, device, world, t.compile)
+        elif frozen:  # validation put the whole model back in train mode
+            freeze_body(model, True)
         x, mask, y = (v.to(device, non_blocking=True) for v in (x, mask, y))
         with torch.no_grad():
             x = augment(x, mask)

@@ -23,6 +23,7 @@ from spkid.train.curves import CurveLog, trim_curves
 from spkid.train.loop import RunHooks
 from spkid.train.state import lr_factor
 from spkid.train.validation import Validation
+from spkid.train.warm_start import InitModel
 
 
 @dataclass(frozen=True)
@@ -43,15 +44,19 @@ class RunFiles:
 
 
 def new_model(p, n_mels: int, speakers: list[str], feature_meta: dict, rank: int):
-    """(config, model) of a fresh run: the same initial weights on every rank, then a
-    per-rank seed so dropout differs between ranks."""
+    """(config, model, origin) of a fresh run: the same initial weights on every rank
+    (random, or train.init_from's where it gives them), then a per-rank seed so dropout
+    differs between ranks. `origin` says what train.init_from gave ("" without it)."""
     config = model_config(p, n_mels, speakers, {**feature_meta["features"],
                                                 "precomputed": feature_meta["precomputed"]})
     torch.manual_seed(p.train.seed)
     model = build_model(config)
+    origin = ""
+    if p.train.init_from:
+        origin = InitModel.read(p.train.init_from).load_into(model, config)
     if rank > 0:
         torch.manual_seed(p.train.seed + rank)
-    return config, model
+    return config, model, origin
 
 
 @dataclass
@@ -66,8 +71,8 @@ class Start:
     notes: list[str]
 
 
-def begin(files: RunFiles, fingerprint: str, average_last: int, model, rank: int = 0,
-          world: int = 1) -> Start:
+def begin(files: RunFiles, fingerprint: str, average_last: int, model, config: dict,
+          rank: int = 0, world: int = 1) -> Start:
     """Whether the run resumes, decided by rank 0 from its own checkpoint folder and sent to
     the other ranks with the snapshot itself (no shared file system needed). Rank 0 clears
     what a fresh run must not inherit and trims what a resumed run will log again; the
@@ -96,15 +101,17 @@ def begin(files: RunFiles, fingerprint: str, average_last: int, model, rank: int
         trim_curves(files.curves, step)
         kept.drop_after(step)
     log = CurveLog(files.curves, resume is not None)
-    return Start(resume, kept, _hooks(files, fingerprint, log, kept), log, notes)
+    return Start(resume, kept, _hooks(files, fingerprint, config, log, kept), log, notes)
 
 
-def _hooks(files: RunFiles, fingerprint: str, log: CurveLog,
+def _hooks(files: RunFiles, fingerprint: str, config: dict, log: CurveLog,
            kept: ValidationCheckpoints) -> RunHooks:
-    """Where the loop of spkid.train.loop hands its states and metrics: the run's files."""
+    """Where the loop of spkid.train.loop hands its states and metrics: the run's files.
+    A checkpoint carries the model's config, so another run can start from it
+    (train.init_from)."""
     return RunHooks(save_best=lambda weights: save_torch(files.best, weights),
-                    save_checkpoint=lambda snap: save_torch(files.last,
-                                                            {**snap, "fingerprint": fingerprint}),
+                    save_checkpoint=lambda snap: save_torch(files.last, {
+                        **snap, "fingerprint": fingerprint, "config": config}),
                     log=log, save_validated=kept.save if kept.enabled else None)
 
 
