@@ -52,7 +52,7 @@ def train(params: Path = ParamsOption):
     batches = training_batches(store, pq.read_table(SEGMENTS), p.train, rank, world,
                                augment=augment, speakers=len(speakers))
     start = train_run.begin(FILES, fingerprint(p, meta, [SEGMENTS, SPEAKERS, VIEWS]),
-                            p.train.average_last, model, rank, world)
+                            p.train.average_last, model, config, rank, world)
     for note in start.notes:
         print(f"[train] {note}", flush=True)
     if world > 1:

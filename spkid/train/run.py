@@ -66,12 +66,13 @@ class Start:
     notes: list[str]
 
 
-def begin(files: RunFiles, fingerprint: str, average_last: int, model, rank: int = 0,
-          world: int = 1) -> Start:
+def begin(files: RunFiles, fingerprint: str, average_last: int, model, config: dict,
+          rank: int = 0, world: int = 1) -> Start:
     """Whether the run resumes, decided by rank 0 from its own checkpoint folder and sent to
     the other ranks with the snapshot itself (no shared file system needed). Rank 0 clears
     what a fresh run must not inherit and trims what a resumed run will log again; the
-    other ranks write nothing."""
+    other ranks write nothing. The model's model.json goes beside the checkpoints, so that
+    a checkpoint can be loaded on its own (spkid.SpeakerModel.load) while the run goes on."""
     decision = None
     if rank == 0:
         try:
@@ -87,6 +88,7 @@ def begin(files: RunFiles, fingerprint: str, average_last: int, model, rank: int
         shutil.rmtree(files.checkpoints, ignore_errors=True)
         shutil.rmtree(files.curves, ignore_errors=True)
     files.checkpoints.mkdir(parents=True, exist_ok=True)
+    save_model_dir(files.checkpoints, None, config)
     kept = ValidationCheckpoints(files.checkpoints, average_last)
     notes = [why] if why else []
     if resume is not None:
