@@ -13,4 +13,19 @@ aside as noted), which tests/test_architecture.py checks:
     serve     an exported model: export, ONNX, embedding audio files
 
 No CLI or path conventions inside: the `stages/` commands decide where things live.
+`from spkid import SpeakerModel` is the API for using a trained model from Python
+(spkid.serve.embedder), imported on first use.
 """
+
+import importlib
+
+__all__ = ["SpeakerModel"]
+
+
+def __getattr__(name: str):
+    # Lazily: every stage imports spkid, and the model API pulls in torch and friends. By
+    # name, so that dvc.yaml's code deps (which follow import statements) do not make every
+    # stage depend on the serving code.
+    if name == "SpeakerModel":
+        return importlib.import_module("spkid.serve.embedder").SpeakerModel
+    raise AttributeError(f"module 'spkid' has no attribute {name!r}")

@@ -15,7 +15,7 @@ import typer
 COMMANDS = {"download": "download", "features": "features", "index": "index", "train": "train",
             "evaluate": "evaluate", "export": "export", "report": "report",
             "embed": "inference", "verify": "inference", "predict": "inference",
-            "recipe": "recipe"}
+            "enroll": "identify", "identify": "identify", "recipe": "recipe"}
 
 
 def build_app(command: str | None = None) -> typer.Typer:

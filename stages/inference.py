@@ -1,4 +1,5 @@
-"""Using a trained model on audio files: `spkid embed`, `spkid verify`, `spkid predict`.
+"""Using a trained model on audio files: `spkid embed`, `spkid verify`, `spkid predict`,
+thin wrappers over the Python API (spkid.SpeakerModel).
 
 These read an exported model folder (weights + model.json, default data/export/model) or
 its model.onnx, not training internals, and extract features exactly as training did."""
@@ -11,38 +12,50 @@ from pathlib import Path
 import typer
 
 from spkid.core.atomic import check_writable
-from spkid.core.errors import DataError
-from spkid.scoring.calibration import bayes_threshold
-from spkid.serve.embedder import AudioEmbedder
+from spkid.serve.embedder import SpeakerModel
 from spkid.serve.inputs import audio_inputs, recording, write_embeddings
 from stages.common import one_line_errors
 from stages.layout import EXPORT_MODEL
 
 app = typer.Typer(add_completion=False)
-ModelOption = typer.Option(EXPORT_MODEL, "--model", help="exported model folder (PyTorch), or the "
-                           "model.onnx in it (ONNX Runtime)")
+ModelOption = typer.Option(EXPORT_MODEL, "--model", help="exported model folder (PyTorch), its "
+                           "model.onnx (ONNX Runtime), or a training model folder or .pt checkpoint")
 DeviceOption = typer.Option("auto", "--device", help="auto | cpu | cuda")
 InputsArgument = typer.Argument(..., help="audio files and/or folders")
 
 
-def _load(model_dir: Path, device: str, closed_set: bool = False) -> AudioEmbedder:
-    embedder = AudioEmbedder.load(model_dir, device, closed_set=closed_set)
-    for warning in embedder.warnings():
+def load_model(model_dir: Path, device: str) -> SpeakerModel:
+    model = SpeakerModel.load(model_dir, device)
+    for warning in model.warnings():
         print(f"spkid: warning: {model_dir} {warning}", file=sys.stderr)
-    return embedder
+    return model
 
 
 @app.command()
 @one_line_errors
 def embed(inputs: list[Path] = InputsArgument,
           out: Path = typer.Option(..., "--out", help="Parquet file to write"),
-          model: Path = ModelOption, device: str = DeviceOption):
-    """Speaker embeddings of audio files -> Parquet (path, speaker, embedding)."""
+          model: Path = ModelOption, device: str = DeviceOption,
+          window: float = typer.Option(None, "--window", help="seconds: embed windows of each "
+                                       "recording instead (one row per window)"),
+          hop: float = typer.Option(None, "--hop", help="seconds between window starts "
+                                    "(default: --window)"),
+          min_window: float = typer.Option(None, "--min-window", help="seconds: the shortest "
+                                           "last window kept (default: half a window)")):
+    """Speaker embeddings of audio files -> Parquet (path, speaker, embedding); with
+    --window, of each recording's windows (path, speaker, start, end, embedding)."""
     check_writable(out)
     files = audio_inputs(inputs)
-    emb = _load(model, device).scored_embeddings([f for f, _ in files])
-    write_embeddings(out, files, emb)
-    print(f"[embed] {len(files)} files -> {out} ({emb.shape[1]}-dim)")
+    speaker_model = load_model(model, device)
+    if window is None:
+        emb = speaker_model.embed([f for f, _ in files])
+        write_embeddings(out, files, emb)
+        print(f"[embed] {len(files)} files -> {out} ({emb.shape[1]}-dim)")
+        return
+    segments = [speaker_model.embed_segments(f, window, window if hop is None else hop,
+                                             min_window=min_window) for f, _ in files]
+    write_embeddings(out, files, segments=segments)
+    print(f"[embed] {sum(len(s.start) for s in segments)} windows of {len(files)} files -> {out}")
 
 
 @app.command()
@@ -56,19 +69,15 @@ def verify(a: Path = typer.Argument(..., help="first recording"),
     """Score of two recordings (cosine, normalised as the model was exported) and a
     same/different decision: on the calibrated log-likelihood ratio at the Bayes threshold
     of --p-target when the model carries a calibration, else at the EER threshold."""
-    a, b, embedder = recording(a), recording(b), _load(model, device)
-    calibration = embedder.calibration
-    if embedder.threshold is None and calibration is None:
-        raise DataError(f"{model}: model.json has no eer_threshold (export a model that was evaluated)")
-    score = embedder.pair_score(a, b)
-    if calibration is None:
-        same = score >= embedder.threshold
-        print(f"score {score:.4f} threshold {embedder.threshold:.4f} -> "
-              f"{'same' if same else 'different'} speaker")
-        return
-    llr, threshold = float(calibration.llr(score)), bayes_threshold(p_target)
-    print(f"score {score:.4f} llr {llr:.3f} Bayes threshold {threshold:.3f} (p_target "
-          f"{p_target:g}) -> {'same' if llr >= threshold else 'different'} speaker")
+    a, b, speaker_model = recording(a), recording(b), load_model(model, device)
+    speaker_model.check_decides()
+    v = speaker_model.verify(a, b, p_target=p_target)
+    decision = f"-> {'same' if v.same else 'different'} speaker"
+    if v.llr is None:
+        print(f"score {v.score:.4f} threshold {v.threshold:.4f} {decision}")
+    else:
+        print(f"score {v.score:.4f} llr {v.llr:.3f} Bayes threshold {v.threshold:.3f} (p_target "
+              f"{p_target:g}) {decision}")
 
 
 @app.command()
@@ -77,5 +86,7 @@ def predict(inputs: list[Path] = InputsArgument, model: Path = ModelOption,
             device: str = DeviceOption):
     """The closed-set speaker of each recording and its probability."""
     files = [f for f, _ in audio_inputs(inputs)]
-    for f, (speaker, prob) in zip(files, _load(model, device, closed_set=True).closed_set(files)):
+    speaker_model = load_model(model, device)
+    speaker_model.check_closed_set()
+    for f, (speaker, prob) in zip(files, speaker_model.predict(files)):
         print(f"{f}\t{speaker}\t{prob:.4f}")

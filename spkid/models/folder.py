@@ -60,17 +60,28 @@ def load_model_dir(folder: str | Path, device: str | torch.device = "cpu"):
     """(model in eval mode, config). Weights are loaded with weights_only=True: a model
     directory may come from a stranger."""
     folder = Path(folder)
-    config = read_config(folder / CONFIG)
+    return load_weights(folder / WEIGHTS, folder / CONFIG, device)
+
+
+def load_weights(weights: str | Path, config_path: str | Path,
+                 device: str | torch.device = "cpu"):
+    """(model in eval mode, config) from a weights file and the model.json describing it:
+    a model folder's model.pt, or a training checkpoint (a state dict such as best.pt, or
+    a resumable snapshot such as last.pt, whose "model" entry holds the weights)."""
+    weights, config_path = Path(weights), Path(config_path)
+    config = read_config(config_path)
     try:
-        state = torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True)
+        state = torch.load(weights, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise DataError(f"{folder / WEIGHTS}: not found") from None
+        raise DataError(f"{weights}: not found") from None
     except Exception as exc:
-        raise DataError(f"{folder / WEIGHTS}: cannot load weights ({str(exc).splitlines()[0]})") from None
+        raise DataError(f"{weights}: cannot load weights ({str(exc).splitlines()[0]})") from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]  # a snapshot's weights; no parameter is named "model"
     model = build_model(config)
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError) as exc:
-        raise DataError(f"{folder / WEIGHTS}: does not match {folder / CONFIG} "
+        raise DataError(f"{weights}: does not match {config_path} "
                         f"({str(exc).splitlines()[0]})") from None
     return model.to(device).eval(), config

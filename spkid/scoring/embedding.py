@@ -77,7 +77,9 @@ def embed_audio_files(model, extractor, paths, batch_frames: int, device, *,
     `paths`: decode (spkid.data.audio.read_audio), log-mels with `extractor`, then the model's
     embedding on batches of similar length with padding masks, as for val/test views.
     `spans`, one (start, end) in seconds per path (None = from the beginning / to the end),
-    embeds those parts of the recordings instead (a Kaldi folder's segments).
+    embeds those parts of the recordings instead (a Kaldi folder's segments). An entry of
+    `paths` may also be a 1-D numpy array: mono samples already at the extractor's rate
+    (spkid.SpeakerModel's input), embedded exactly as a file holding them would be.
 
     Files are handled in duration order (read from the headers), a chunk of about
     `chunk_frames` frames at a time (default 16 * batch_frames), so memory stays bounded
@@ -85,7 +87,7 @@ def embed_audio_files(model, extractor, paths, batch_frames: int, device, *,
     `share` = (rank, world): only every world-th chunk is embedded, the other rows stay zero
     (as spkid.models.embedding.embed_crops).
     """
-    paths = [str(p) for p in paths]
+    paths = [p if isinstance(p, np.ndarray) else str(p) for p in paths]
     device = torch.device(device)
     dim = model.embedding_dim
     out = np.zeros((len(paths), dim), np.float32)
@@ -93,8 +95,8 @@ def embed_audio_files(model, extractor, paths, batch_frames: int, device, *,
         return out
     spans = [(None, None)] * len(paths) if spans is None else list(spans)
     frames_per_s = extractor.sample_rate / extractor.hop_length
-    est = np.array([((end if end is not None else audio_info(p)[0]) - (start or 0.0))
-                    * frames_per_s + 1 for p, (start, end) in zip(paths, spans)])
+    est = np.array([((end if end is not None else _seconds(p, extractor.sample_rate))
+                     - (start or 0.0)) * frames_per_s + 1 for p, (start, end) in zip(paths, spans)])
     order = np.argsort(est, kind="stable")
     budget = chunk_frames or 16 * batch_frames
     chunks, chunk, size = [], [], 0.0
@@ -113,10 +115,10 @@ def embed_audio_files(model, extractor, paths, batch_frames: int, device, *,
         for chunk in chunks:
             feats = []
             for s in range(0, len(chunk), extract_batch):
-                waves = [read_audio(paths[k], extractor.sample_rate, *spans[k])
+                waves = [_wave(paths[k], extractor.sample_rate, spans[k])
                          for k in chunk[s:s + extract_batch]]
                 feats += extractor(waves)
-            store = FeatureStore.from_matrices([paths[k] for k in chunk], feats)
+            store = FeatureStore.from_matrices([str(k) for k in chunk], feats)
             at = np.arange(len(chunk))
             out[chunk] = embed_crops(model, store, at, np.zeros(len(chunk), np.int64),
                                      store.length, batch_frames, device,
@@ -125,3 +127,15 @@ def embed_audio_files(model, extractor, paths, batch_frames: int, device, *,
     finally:
         bar.close()
     return out
+
+
+def _seconds(source, sample_rate: int) -> float:
+    """Length of a recording: its header's for a file, its samples' for an array."""
+    return len(source) / sample_rate if isinstance(source, np.ndarray) else audio_info(source)[0]
+
+
+def _wave(source, sample_rate: int, span: tuple) -> np.ndarray:
+    """Mono samples at `sample_rate` of a file (or its `span`), or the array itself."""
+    if isinstance(source, np.ndarray):
+        return source
+    return read_audio(source, sample_rate, *span)

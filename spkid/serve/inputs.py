@@ -14,10 +14,22 @@ from spkid.core.errors import DataError
 from spkid.data.audio import AUDIO_SUFFIXES, find_audio
 
 
-def write_embeddings(out: Path, files: list[tuple[Path, str | None]], emb: np.ndarray) -> None:
-    """A Parquet table (path, speaker, embedding) at `out`, written whole or not at all."""
-    table = pa.table({"path": [str(f) for f, _ in files], "speaker": [s for _, s in files],
-                      "embedding": pa.array(list(emb), pa.list_(pa.float32()))})
+def write_embeddings(out: Path, files: list[tuple[Path, str | None]],
+                     emb: np.ndarray | None = None, *, segments: list | None = None) -> None:
+    """A Parquet table at `out`, written whole or not at all: (path, speaker, embedding),
+    one row per file's embedding `emb`; or, given each file's `segments`
+    (spkid.serve.embedder.Segments), (path, speaker, start, end, embedding), one row per
+    window, times in seconds."""
+    if segments is None:
+        columns = {"path": [str(f) for f, _ in files], "speaker": [s for _, s in files]}
+    else:
+        counts = [len(s.start) for s in segments]
+        columns = {"path": [str(f) for (f, _), n in zip(files, counts) for _ in range(n)],
+                   "speaker": [s for (_, s), n in zip(files, counts) for _ in range(n)],
+                   "start": np.concatenate([s.start for s in segments]),
+                   "end": np.concatenate([s.end for s in segments])}
+        emb = np.concatenate([s.embeddings for s in segments])
+    table = pa.table({**columns, "embedding": pa.array(list(emb), pa.list_(pa.float32()))})
     try:
         with atomic_path(out) as tmp:
             pq.write_table(table, tmp)

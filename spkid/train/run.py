@@ -76,7 +76,8 @@ def begin(files: RunFiles, fingerprint: str, average_last: int, model, config: d
     """Whether the run resumes, decided by rank 0 from its own checkpoint folder and sent to
     the other ranks with the snapshot itself (no shared file system needed). Rank 0 clears
     what a fresh run must not inherit and trims what a resumed run will log again; the
-    other ranks write nothing."""
+    other ranks write nothing. The model's model.json goes beside the checkpoints, so that
+    a checkpoint can be loaded on its own (spkid.SpeakerModel.load) while the run goes on."""
     decision = None
     if rank == 0:
         try:
@@ -92,6 +93,7 @@ def begin(files: RunFiles, fingerprint: str, average_last: int, model, config: d
         shutil.rmtree(files.checkpoints, ignore_errors=True)
         shutil.rmtree(files.curves, ignore_errors=True)
     files.checkpoints.mkdir(parents=True, exist_ok=True)
+    save_model_dir(files.checkpoints, None, config)
     kept = ValidationCheckpoints(files.checkpoints, average_last)
     notes = [why] if why else []
     if resume is not None:

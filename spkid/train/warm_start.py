@@ -50,11 +50,16 @@ class InitModel:
                 raise ParamsError(f"{PARAM}: {exc}") from None
             return cls(path, config, _load(files[1]))
         snapshot = _load(path)
-        if not (isinstance(snapshot, dict) and isinstance(snapshot.get("config"), dict)
-                and "model" in snapshot):
-            raise ParamsError(f"{PARAM}: {path} holds no model config (best.pt, or a checkpoint "
-                              "of an older spkid): give a model folder such as data/model")
-        return cls(path, snapshot["config"], snapshot["model"])
+        weights = snapshot.get("model") if isinstance(snapshot, dict) else None
+        weights = weights if isinstance(weights, dict) else snapshot  # best.pt: the weights
+        config = snapshot.get("config") if isinstance(snapshot, dict) else None
+        if not isinstance(config, dict) and (path.parent / CONFIG).is_file():
+            config = read_config(path.parent / CONFIG)  # the model.json training writes beside
+        if not isinstance(config, dict):
+            raise ParamsError(f"{PARAM}: {path} holds no model config and has no {CONFIG} "
+                              "beside it (a checkpoint of an older spkid): give a model "
+                              "folder such as data/model")
+        return cls(path, config, weights)
 
     def check(self, config: dict) -> None:
         """Refuse, naming the first differing key, a model whose feature params or
