@@ -2,7 +2,8 @@
 # The GPU check: spkid on a bare CUDA machine with no network (BENCHMARKS.md, "GPU check").
 #
 #   bash bench/gpu_check.sh --download   # here, with PyPI: fill bench/wheels/ (git-ignored)
-#   bash bench/gpu_check.sh              # there: the cuda tests, then default + hw4_best
+#   bash bench/gpu_check.sh              # there: the cuda tests, then default + hw4_best,
+#                                        # then the voxceleb recipes' step time
 #   bash bench/gpu_check.sh --cpu        # the dry run of the same path on CPU (tests run it)
 #
 # Options: --steps N (timed steps per model; 500 on a GPU, 3 with --cpu), --set KEY=VALUE
@@ -83,6 +84,17 @@ if ((!${#FAILED[@]})) || [[ ${FAILED[*]} == "cuda tests" ]]; then
         FAILED+=("training")
     fi
     [[ -f $WORK/gpu_check.json && $LOGS != "$WORK" ]] && cp "$WORK/gpu_check.json" "$LOGS/"
+fi
+
+# d. The voxceleb recipes' training step at their published sizes (bench/voxceleb_cost.py):
+#    batch 128 of 200-frame crops, 10 timed steps each; a tiny shape on the dry run.
+if ((!${#FAILED[@]})) || [[ ${FAILED[*]} == "cuda tests" || ${FAILED[*]} == "training" ]]; then
+    vox=(--steps 10 --warmup 2)
+    ((CPU)) && vox=(--device cpu --batch 1 --frames 16 --steps 1 --warmup 0)
+    if ! timeout 120 "$PY" "$ROOT/bench/voxceleb_cost.py" "${vox[@]}" \
+            --json "$LOGS/voxceleb_cost.json" 2>&1 | tee "$LOGS/voxceleb_cost.log"; then
+        FAILED+=("voxceleb cost")
+    fi
 fi
 
 if ((${#FAILED[@]})); then

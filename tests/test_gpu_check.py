@@ -36,8 +36,15 @@ def test_the_cpu_dry_run_prints_each_models_figures(tmp_path):
     figures = json.loads((tmp_path / "out/gpu_check.json").read_text())
     assert [f["model"] for f in figures] == ["default", "hw4_best"]
     assert all(f["steps_per_s"] > 0 and f["loss"] > 0 for f in figures)
+    for recipe in ("voxceleb_resnet34", "voxceleb_ecapa512", "voxceleb_campplus"):
+        assert re.search(rf"^voxceleb_cost: {recipe}: [\d.]+ M parameters, float32, 16-frame "
+                         r"crops: .* a VoxCeleb2 epoch \(8,531 steps\)", out.stdout, re.M)
+    vox = json.loads((tmp_path / "out/voxceleb_cost.json").read_text())
+    assert [r["recipe"] for r in vox] == ["voxceleb_resnet34", "voxceleb_ecapa512",
+                                          "voxceleb_campplus"]
     assert {p.name for p in (tmp_path / "out").iterdir()} == {
-        "gpu_check.json", "gpu_check_pytest.log", "gpu_check_train.log"}
+        "gpu_check.json", "gpu_check_pytest.log", "gpu_check_train.log", "voxceleb_cost.json",
+        "voxceleb_cost.log"}
     assert not list(tmp_path.glob("spkid-gpu-check.*"))  # the scratch folder is gone
 
 

@@ -42,15 +42,16 @@ def saved_for_backward(p, n_mels=40, batch=2) -> int:
 
 
 SMALL = {"model.d_model": 8, "model.heads": 1, "model.ffn_dim": 8, "model.layers": 1,
-         "model.conv_kernel": 3, "model.channels": 8, "model.base_width": 4,
+         "model.conv_kernel": 3, "model.channels": 8, "model.base_width": 4, "model.growth_rate": 4,
          "model.embedding_dim": 0, "model.pooling": "mean", "index.segment_len": 16}
 
 
 @pytest.mark.parametrize("config", [
     {}, RECIPES["hw4_best"], RECIPES["hw4_sample"], {"model.encoder": "resnet34"},
-    *({**SMALL, "model.encoder": e} for e in ("transformer", "conformer", "ecapa_tdnn", "resnet34"))],
+    *({**SMALL, "model.encoder": e} for e in ("transformer", "conformer", "ecapa_tdnn", "resnet34",
+                                               "campplus"))],
     ids=["default", "hw4_best", "hw4_sample", "resnet34", "small-transformer", "small-conformer",
-         "small-ecapa", "small-resnet34"])
+         "small-ecapa", "small-resnet34", "small-campplus"])
 def test_the_activation_estimate_is_a_lower_bound(config):
     """Under half of what backward keeps in float32, so it holds under bf16/fp16 autocast
     too: check_batch_fits never refuses a batch that would fit."""

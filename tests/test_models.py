@@ -17,6 +17,7 @@ from hw4_homework import HOMEWORK, HW4_SPEAKERS, load_homework_weights, recipe_n
 from spkid.core.params import SCHEMA, validate_params
 from spkid.models import ENCODERS, HEADS, POOLINGS, SpeakerNet
 from spkid.models.pooling import SelfAttentionPooling, weighted_mean_std
+from spkid.models.speaker_net import frame_mask
 
 N_MELS = 16
 N_SPK = 5
@@ -27,6 +28,7 @@ ENCODER_SETTINGS = {
     "conformer": dict(d_model=16, heads=2, ffn_dim=32, layers=1, conv_kernel=5),
     "ecapa_tdnn": dict(channels=16),
     "resnet34": dict(base_width=4),
+    "campplus": dict(channels=16, base_width=4, growth_rate=8),
 }
 
 
@@ -81,8 +83,14 @@ def test_encoder_shapes_and_padding_invariance(encoder, pooling):
     x, mask = padded_batch(lengths)
     with torch.no_grad():
         frames = net.encoder(x, mask)
-        assert frames.shape == (3, 29, net.encoder.out_dim)
-        assert net.pooling(frames, mask).shape == (3, net.pooling.out_dim)
+        out_mask = frame_mask(net.encoder, mask)  # CAM++ halves time: ceil(29 / 2) frames
+        assert out_mask.shape == (3, 15 if encoder == "campplus" else 29)
+        assert frames.shape == (3, out_mask.shape[1], net.encoder.out_dim)
+        assert out_mask.sum(1).tolist() == [(n + 1) // 2 if encoder == "campplus" else n
+                                            for n in lengths]
+        if encoder in ("ecapa_tdnn", "resnet34", "campplus"):  # they zero padded frames
+            assert not frames[~out_mask].any()
+        assert net.pooling(frames, out_mask).shape == (3, net.pooling.out_dim)
         emb, logits = net(x, mask)
         assert emb.shape == (3, 12) and logits.shape == (3, N_SPK)
         for i, n in enumerate(lengths):
@@ -94,10 +102,15 @@ def test_encoder_shapes_and_padding_invariance(encoder, pooling):
 def test_padding_invariance_with_cmn_and_tstp(encoder):
     torch.manual_seed(1)
     net = make_net(encoder=encoder, pooling="tstp", input_norm="cmn", **ENCODER_SETTINGS[encoder])
-    randomize_norms(net, seed=1)
+    assert_embeds_as_alone(net, [8, 23], seed=1)
+
+
+def assert_embeds_as_alone(net, lengths, seed):
+    """In eval mode, with non-trivial BatchNorms, each utterance of a padded batch (garbage in
+    the padding) gets the embedding it gets alone."""
+    randomize_norms(net, seed=seed)
     net.eval()
-    lengths = [8, 23]
-    x, mask = padded_batch(lengths, seed=1)
+    x, mask = padded_batch(lengths, seed=seed)
     with torch.no_grad():
         emb = net.embed(x, mask)
         for i, n in enumerate(lengths):
@@ -161,6 +174,78 @@ def test_resnet34_layout(n_mels, freq):
     assert enc.out_freq == freq and enc.out_dim == 32 * freq
     out = enc(torch.randn(2, 9, n_mels), torch.ones(2, 9, dtype=torch.bool))
     assert out.shape == (2, 9, 32 * freq)
+
+
+def test_campplus_context_is_3dspeakers_and_ignores_padding():
+    """The context-aware masks' context: on an unpadded input exactly 3D-Speaker's
+    x.mean(-1) + seg_pooling(x) (layers.py, written out here); in a padded batch, each
+    utterance's own, across 100-frame segment boundaries and a partial last segment."""
+    from spkid.models.campplus import SEGMENT, masked_time_mean, segment_means
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 4, 250, generator=g)
+    seg = F.avg_pool1d(x, SEGMENT, SEGMENT, ceil_mode=True)
+    seg = seg.unsqueeze(-1).expand(*seg.shape, SEGMENT).reshape(1, 4, -1)[..., :250]
+    torch.testing.assert_close(seg[..., 200:], x[..., 200:].mean(-1, keepdim=True).expand(1, 4, 50))
+    ones = torch.ones(1, 1, 250)
+    torch.testing.assert_close(masked_time_mean(x, ones) + segment_means(x, ones),
+                               x.mean(-1, keepdim=True) + seg, rtol=0, atol=1e-6)
+    lengths = [250, 201, 100, 37]
+    mask = torch.arange(250)[None, :] < torch.tensor(lengths)[:, None]
+    m = mask[:, None, :].float()
+    xs = torch.randn(4, 4, 250, generator=g) * m
+    context = masked_time_mean(xs, m) + segment_means(xs, m)
+    for i, n in enumerate(lengths):
+        alone = masked_time_mean(xs[i:i + 1, :, :n], m[i:i + 1, :, :n]) + segment_means(
+            xs[i:i + 1, :, :n], m[i:i + 1, :, :n])
+        torch.testing.assert_close(context[i:i + 1, :, :n], alone, rtol=1e-5, atol=1e-6)
+
+
+def test_campplus_padding_invariance_across_segments():
+    """Utterances longer than a context segment (100 frames after the stride), odd and even
+    lengths: each embedding is the one it gets alone."""
+    torch.manual_seed(4)
+    net = make_net(encoder="campplus", pooling="tstp", **ENCODER_SETTINGS["campplus"])
+    assert_embeds_as_alone(net, [431, 202, 201, 9], seed=4)
+
+
+def campplus_3dspeaker_parameters(n_mels=80, m=32, init=128, growth=32, embedding=512) -> int:
+    """Parameters of 3D-Speaker's CAMPPlus(feat_dim=n_mels, embedding_size=embedding), counted
+    layer by layer from their DTDNN.py and layers.py (commit 09e7806), not from spkid's code."""
+    def conv(cin, cout, k, bias=False):
+        return cin * cout * k + (cout if bias else 0)
+
+    def bn(c):
+        return 2 * c
+    n = conv(1, m, 9) + bn(m)  # FCM conv1, bn1
+    for _ in range(2):  # layer1, layer2: a stride-2 block with a 1x1 shortcut, a plain block
+        n += 2 * (conv(m, m, 9) + bn(m)) + conv(m, m, 1) + bn(m) + 2 * (conv(m, m, 9) + bn(m))
+    n += conv(m, m, 9) + bn(m)  # FCM conv2, bn2
+    n += conv(m * (n_mels // 8), init, 5) + bn(init)  # TDNNLayer
+    c, b = init, 4 * growth
+    for layers in (12, 24, 16):
+        for i in range(layers):  # CAMDenseTDNNLayer: nonlinear1, linear1, nonlinear2, CAMLayer
+            n += bn(c + i * growth) + conv(c + i * growth, b, 1) + bn(b) + conv(b, growth, 3)
+            n += conv(b, b // 2, 1, bias=True) + conv(b // 2, growth, 1, bias=True)
+        c += layers * growth
+        n += bn(c) + conv(c, c // 2, 1)  # TransitLayer(bias=False)
+        c //= 2
+    n += bn(c)  # out_nonlinear
+    return n + conv(2 * c, embedding, 1)  # dense; its BatchNorm is affine=False
+
+
+def test_campplus_has_3dspeakers_parameter_count():
+    """At the published widths: 3D-Speaker's CAMPPlus built from their code gives 6,848,544
+    parameters at embedding_size 192 and 7,176,224 at 512 (their VoxCeleb config, the "7.2 M"
+    of their README; WeSpeaker's README: 7.18 M). spkid's encoder + tstp + embedding layer
+    has exactly those plus the embedding layer's bias (their dense layer has none)."""
+    assert campplus_3dspeaker_parameters(embedding=192) == 6_848_544
+    assert campplus_3dspeaker_parameters(embedding=512) == 7_176_224
+    for dim in (192, 512):
+        net = make_net(n_mels=80, encoder="campplus", channels=128, base_width=32, growth_rate=32,
+                       pooling="tstp", embedding_dim=dim)
+        ours = sum(p.numel() for name, p in net.named_parameters() if not name.startswith("head."))
+        assert ours == campplus_3dspeaker_parameters(embedding=dim) + dim
+        assert net.encoder.out_dim == 512
 
 
 # ---- poolings alone -------------------------------------------------------------------------
@@ -405,3 +490,40 @@ def test_parse_override_reads_values_as_yaml():
     for bad in ("index.segment_len", "=3"):
         with pytest.raises(ValueError, match="expected key=value"):
             parse_override(bad)
+
+
+def test_every_recipe_validates_over_the_defaults():
+    from spkid.core.recipes import RECIPES
+    for name in RECIPES:
+        p = recipe_params(name)
+        if name.startswith("voxceleb_"):
+            start, end = p.loss.margin_warmup
+            assert 0 < start < end < p.train.steps and p.train.finetune.steps > 0
+            assert p.features.n_mels == 80 and p.index.segment_len == 200
+
+
+# Parameters (classifier left out) of WeSpeaker's models built from their code (wespeaker/models
+# at commit dfa7419) with examples/voxceleb/v2/conf/{resnet,ecapa_tdnn,campplus}.yaml; their
+# README rounds them to 6.63 M, 6.19 M and 7.18 M.
+WESPEAKER_PARAMETERS = {"voxceleb_resnet34": 6_634_336, "voxceleb_ecapa512": 6_190_720,
+                        "voxceleb_campplus": 7_176_224}
+
+
+@pytest.mark.parametrize("name", sorted(WESPEAKER_PARAMETERS))
+def test_voxceleb_recipes_have_the_published_sizes(name):
+    """Equal to WeSpeaker's but for named differences: ECAPA's pooling is spkid's asp (one
+    weight a frame) instead of their channel-wise attention with global context, spkid's
+    aggregation conv has a BatchNorm and their pooled vector has one; CAM++'s embedding layer
+    has a bias."""
+    p = recipe_params(name)
+    net = SpeakerNet(p.model, p.loss, p.features.n_mels, 2)
+    ours = sum(t.numel() for key, t in net.named_parameters() if not key.startswith("head."))
+    theirs = WESPEAKER_PARAMETERS[name]
+    if name == "voxceleb_ecapa512":
+        c = 3 * 512
+        their_pooling = (3 * c * 128 + 128) + (128 * c + c) + 2 * (2 * c)
+        our_pooling = (c * 128 + 128) + (128 + 1)
+        theirs += our_pooling - their_pooling + 2 * c
+    if name == "voxceleb_campplus":
+        theirs += 512
+    assert ours == theirs

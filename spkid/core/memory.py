@@ -62,6 +62,10 @@ def _activation_values_per_frame(model, n_mels: int) -> int:
         # stem and two convs per block (16 blocks); each stage halves the mels and doubles the
         # channels, so every layer keeps about base_width x n_mels values a frame
         return 33 * model.base_width * n_mels
+    if model.encoder == "campplus":
+        # the front end's stem at full resolution; each of the 52 dense layers' bottleneck
+        # (4 x growth_rate) at half the frame rate
+        return model.base_width * n_mels + 104 * model.growth_rate
     return 0
 
 

@@ -101,7 +101,7 @@ SCHEMA: dict[str, Any] = {
     },
     "model": {
         "encoder": _f("str", "ecapa_tdnn", "frame encoder",
-                      choices=("transformer", "conformer", "ecapa_tdnn", "resnet34")),
+                      choices=("transformer", "conformer", "ecapa_tdnn", "resnet34", "campplus")),
         "d_model": _f("int", 64, "encoder width", min=8),
         "layers": _f("int", 2, "encoder layers", min=1),
         "heads": _f("int", 4, "attention heads (d_model must divide by it)", min=1),
@@ -117,8 +117,11 @@ SCHEMA: dict[str, Any] = {
                             min=0),
         "embedding_activation": _f("str", "none", "non-linearity after the embedding layer",
                                    choices=("none", "relu")),
-        "channels": _f("int", 128, "ecapa_tdnn: channels of the SE-Res2Net blocks", min=8),
-        "base_width": _f("int", 8, "resnet34: channels of the first stage", min=4),
+        "channels": _f("int", 128, "ecapa_tdnn: channels of the SE-Res2Net blocks; campplus: "
+                       "channels of the TDNN layer before the dense blocks", min=8),
+        "base_width": _f("int", 8, "resnet34: channels of the first stage; campplus: channels "
+                         "of the FCM front end", min=4),
+        "growth_rate": _f("int", 32, "campplus: channels each dense layer adds", min=2),
         "input_norm": _f("str", "none", "per-utterance mean normalisation of log-mels",
                          choices=("cmn", "none")),
     },

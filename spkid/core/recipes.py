@@ -1,5 +1,5 @@
-"""Named configurations as params overrides: the HW4 homework's reference recipes, and
-the verification recipe.
+"""Named configurations as params overrides: the HW4 homework's reference recipes, the
+verification recipe, and the `voxceleb_*` family of standard-size models.
 
 `spkid recipe NAME` prints them as `-S key=value` flags for `dvc exp run`, and
 bench/recipes.py trains them side by side with spkid's defaults."""
@@ -52,6 +52,60 @@ RECIPES: dict[str, dict[str, object]] = {
         "train.augment.babble": 0.3333,
     },
 }
+
+# The voxceleb family: WeSpeaker's VoxCeleb2 recipe (wenet-e2e/wespeaker,
+# examples/voxceleb/v2/conf/{resnet,ecapa_tdnn,campplus}.yaml and *_lm.yaml, commit dfa7419)
+# at the standard widths, on one GPU. Their common part: 80 fbank bins with per-utterance
+# mean removal, 200-frame (2 s) crops, 128 crops per GPU and step (they run 2 GPUs; here an
+# epoch of VoxCeleb2-dev's 1,092,009 utterances, one crop each, is 8,531 steps), 150
+# epochs, a 6-epoch warmup, ArcFace s 32 with the margin rising 0 -> 0.2 over epochs 20-40
+# (theirs rises exponentially, spkid's linearly), then large-margin fine-tuning: 5 epochs
+# of 600-frame crops at margin 0.5 and lr 1e-4 (theirs decays to 2.5e-5; 64 crops on each
+# of 2 GPUs, 128 here too), and cosine scoring with the training mean subtracted and
+# AS-norm over the top 300 cohort scores. Not reproduced: their SGD (lr 0.1, Nesterov;
+# spkid trains with AdamW at train.lr) and MUSAN noise (train.augment.noise_dir, if you
+# have it); augmentation is the verification recipe's, which stands in for their aug_prob 0.6
+# of reverberation or noise.
+VOXCELEB2_UTTERANCES = 1_092_009
+VOXCELEB2_SPEAKERS = 5_994
+_VOX_BATCH = 128
+_VOX_EPOCH = VOXCELEB2_UTTERANCES // _VOX_BATCH  # 8,531 steps
+_VOXCELEB = {
+    "features.n_mels": 80, "model.input_norm": "cmn", "index.segment_len": 200,
+    "loss.name": "aam_softmax", "loss.s": 32.0, "loss.m": 0.2,
+    "loss.margin_warmup": [20 * _VOX_EPOCH, 40 * _VOX_EPOCH],
+    "train.batch_size": _VOX_BATCH, "train.steps": 150 * _VOX_EPOCH,
+    "train.warmup_steps": 6 * _VOX_EPOCH, "train.valid_every": _VOX_EPOCH,
+    "train.checkpoint_every": 2000,
+    "train.finetune.steps": 5 * _VOX_EPOCH, "train.finetune.crop_frames": 600,
+    "train.finetune.margin": 0.5, "train.finetune.lr": 1e-4,
+    "evaluate.subtract_mean": True, "evaluate.asnorm_top_n": 300,
+    **RECIPES["verification"],
+}
+RECIPES.update({
+    # ResNet34-TSTP-emb256 (WeSpeaker: 6.63 M parameters, Vox1-O 0.723 % with LM and
+    # AS-norm). spkid's ResNet34 strides mels only, not time (spkid.models.resnet34): the
+    # same parameters, about 3.7x WeSpeaker's compute (BENCHMARKS.md measures it).
+    "voxceleb_resnet34": {
+        "model.encoder": "resnet34", "model.base_width": 32, "model.pooling": "tstp",
+        "model.embedding_dim": 256, **_VOXCELEB,
+    },
+    # ECAPA_TDNN_GLOB_c512-ASTP-emb192 (WeSpeaker: 6.19 M, Vox1-O 0.782 %). spkid's
+    # attentive pooling scores frames with one weight each, not one per channel, and without
+    # the paper's global context.
+    "voxceleb_ecapa512": {
+        "model.encoder": "ecapa_tdnn", "model.channels": 512, "model.pooling": "asp",
+        "model.attention_dim": 128, "model.embedding_dim": 192, **_VOXCELEB,
+    },
+    # CAM++ as 3D-Speaker publishes it for VoxCeleb (egs/voxceleb/sv-cam++/conf/cam++.yaml,
+    # 7.2 M parameters, Vox1-O 0.73 %) and WeSpeaker trains it (CAMPPlus-TSTP-emb512,
+    # 7.18 M, 0.659 %): a 512-d embedding (3D-Speaker's 192-d models are the Mandarin ones).
+    "voxceleb_campplus": {
+        "model.encoder": "campplus", "model.channels": 128, "model.base_width": 32,
+        "model.growth_rate": 32, "model.pooling": "tstp", "model.embedding_dim": 512,
+        **_VOXCELEB,
+    },
+})
 
 
 def as_flags(name: str) -> list[str]:

@@ -1,6 +1,7 @@
 """Name -> class tables, so params.yaml chooses encoders, poolings and heads by name.
 
-Encoders take (n_mels, model_params) and expose `out_dim`; poolings take
+Encoders take (n_mels, model_params) and expose `out_dim` (and `frame_mask(mask)` when
+their output has fewer frames than their input); poolings take
 (in_dim, model_params) and expose `out_dim`; heads take (embedding_dim, n_classes,
 loss_params)."""
 

@@ -9,6 +9,13 @@ from spkid.models.pooling import masked_mean
 from spkid.models.registry import ENCODERS, HEADS, POOLINGS, lookup
 
 
+def frame_mask(encoder: nn.Module, mask: torch.Tensor) -> torch.Tensor:
+    """The mask of an encoder's output frames: the input mask, unless the encoder subsamples
+    time and says how (`frame_mask`, e.g. CAM++'s stride 2)."""
+    subsampled = getattr(encoder, "frame_mask", None)
+    return mask if subsampled is None else subsampled(mask)
+
+
 class SpeakerNet(nn.Module):
     def __init__(self, model, loss, n_mels: int, n_speakers: int):
         super().__init__()
@@ -31,7 +38,8 @@ class SpeakerNet(nn.Module):
         if self.input_norm == "cmn":
             # Per-utterance mean removal cancels channel and loudness offsets.
             x = (x - masked_mean(x, mask).unsqueeze(1)) * mask.unsqueeze(-1).to(x.dtype)
-        return self.embedding_act(self.embedding(self.pooling(self.encoder(x, mask), mask)))
+        frames = self.encoder(x, mask)
+        return self.embedding_act(self.embedding(self.pooling(frames, frame_mask(self.encoder, mask))))
 
     def forward(self, x, mask, labels=None, margin=None):
         """Embeddings and logits (with the training margin when labels are given; `margin`
