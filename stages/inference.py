@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -21,11 +22,14 @@ app = typer.Typer(add_completion=False)
 ModelOption = typer.Option(EXPORT_MODEL, "--model", help="exported model folder (PyTorch), its "
                            "model.onnx (ONNX Runtime), or a training model folder or .pt checkpoint")
 DeviceOption = typer.Option("auto", "--device", help="auto | cpu | cuda")
+VadOption = typer.Option(None, "--vad/--no-vad", help="keep only the speech of each recording "
+                         "(Silero VAD, the vad extra); default: as the model was trained "
+                         "(features.vad)")
 InputsArgument = typer.Argument(..., help="audio files and/or folders")
 
 
-def load_model(model_dir: Path, device: str) -> SpeakerModel:
-    model = SpeakerModel.load(model_dir, device)
+def load_model(model_dir: Path, device: str, vad: bool | None = None) -> SpeakerModel:
+    model = SpeakerModel.load(model_dir, device, vad=vad)
     for warning in model.warnings():
         print(f"spkid: warning: {model_dir} {warning}", file=sys.stderr)
     return model
@@ -41,12 +45,13 @@ def embed(inputs: list[Path] = InputsArgument,
           hop: float = typer.Option(None, "--hop", help="seconds between window starts "
                                     "(default: --window)"),
           min_window: float = typer.Option(None, "--min-window", help="seconds: the shortest "
-                                           "last window kept (default: half a window)")):
+                                           "last window kept (default: half a window)"),
+          vad: Optional[bool] = VadOption):
     """Speaker embeddings of audio files -> Parquet (path, speaker, embedding); with
     --window, of each recording's windows (path, speaker, start, end, embedding)."""
     check_writable(out)
     files = audio_inputs(inputs)
-    speaker_model = load_model(model, device)
+    speaker_model = load_model(model, device, vad)
     if window is None:
         emb = speaker_model.embed([f for f, _ in files])
         write_embeddings(out, files, emb)
@@ -65,11 +70,12 @@ def verify(a: Path = typer.Argument(..., help="first recording"),
            model: Path = ModelOption, device: str = DeviceOption,
            p_target: float = typer.Option(0.5, "--p-target", min=1e-6, max=1 - 1e-6,
                                           help="prior of a same-speaker pair, for the Bayes "
-                                          "decision on the calibrated LLR")):
+                                          "decision on the calibrated LLR"),
+           vad: Optional[bool] = VadOption):
     """Score of two recordings (cosine, normalised as the model was exported) and a
     same/different decision: on the calibrated log-likelihood ratio at the Bayes threshold
     of --p-target when the model carries a calibration, else at the EER threshold."""
-    a, b, speaker_model = recording(a), recording(b), load_model(model, device)
+    a, b, speaker_model = recording(a), recording(b), load_model(model, device, vad)
     speaker_model.check_decides()
     v = speaker_model.verify(a, b, p_target=p_target)
     decision = f"-> {'same' if v.same else 'different'} speaker"
@@ -83,10 +89,10 @@ def verify(a: Path = typer.Argument(..., help="first recording"),
 @app.command()
 @one_line_errors
 def predict(inputs: list[Path] = InputsArgument, model: Path = ModelOption,
-            device: str = DeviceOption):
+            device: str = DeviceOption, vad: Optional[bool] = VadOption):
     """The closed-set speaker of each recording and its probability."""
     files = [f for f, _ in audio_inputs(inputs)]
-    speaker_model = load_model(model, device)
+    speaker_model = load_model(model, device, vad)
     speaker_model.check_closed_set()
     for f, (speaker, prob) in zip(files, speaker_model.predict(files)):
         print(f"{f}\t{speaker}\t{prob:.4f}")

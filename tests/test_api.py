@@ -21,6 +21,7 @@ from spkid.core.errors import DataError
 from spkid.data.synthetic import speaker_voice, synthesize_utterance
 from spkid.features.logmel import LogMelExtractor
 from spkid.models.folder import build_model, save_model_dir, save_torch
+from spkid.scoring.calibration import duration_quality
 from spkid.scoring.embedding import embed_audio_files
 from spkid.scoring.norm import ScoreNorm
 from spkid.serve.embedder import segment_windows
@@ -272,3 +273,51 @@ def test_enrolled_speakers_are_found_and_others_are_unknown(trained, tmp_path):
                    json.loads((trained.source / "model.json").read_text()))
     out = invoke("identify", str(tests[0]), "--gallery", str(gallery), "--model", str(other))
     assert out.exit_code == 2 and "enrolled with another model" in out.stderr
+
+
+def test_vad_trims_as_asked_or_as_the_model_was_trained(trained):
+    """vad=True embeds a padded recording as its speech_only trimming; by default a model
+    trims exactly when its features were trimmed (model.json's features.vad)."""
+    pytest.importorskip("silero_vad", reason="silero-vad (the vad extra) is not installed")
+    from dataclasses import replace
+
+    from spkid.features.vad import SpeechDetector, speech_only
+    speech = voice(0, 20, 2.0)
+    pad = np.zeros(3 * SR, np.float32)
+    padded = np.concatenate([pad, speech, pad])
+    trimmed = speech_only(padded, SR)
+    assert len(speech) // 2 < len(trimmed) < len(speech) + SR  # the 6 s of pads went
+    plain = trained.embed(padded, SR)
+    asked = replace(trained, vad=True).embed(padded, SR)
+    np.testing.assert_allclose(asked, trained.embed(trimmed, SR), atol=1e-6)
+    assert not np.allclose(asked, plain, atol=1e-3)
+    vad_config = {**trained.config,
+                  "features": {**trained.config["features"], "vad": SpeechDetector().config()}}
+    vad_trained = replace(trained, config=vad_config)
+    np.testing.assert_allclose(vad_trained.embed(padded, SR), asked, atol=1e-6)
+    np.testing.assert_allclose(replace(vad_trained, vad=False).embed(padded, SR), plain, atol=1e-6)
+
+
+def test_a_calibration_that_weighs_durations_gets_them_in_verify_and_identify(trained, tmp_path):
+    """The LLR of verify and identify is slope * score + offset + the weights times the log
+    of the shorter and of the longer recording's seconds (an enrolment's: all its files)."""
+    from dataclasses import replace
+    weights = (0.7, -0.3)
+    calibrated = replace(trained, config={**trained.config, "calibration": {
+        "slope": 8.0, "offset": -2.0, "quality": "duration", "quality_weights": list(weights)}})
+    a, b, c = (tmp_path / f"{k}.wav" for k in "abc")
+    for path, (s, take, seconds) in zip((a, b, c), ((0, 30, 1.5), (0, 31, 4.0), (2, 32, 2.5))):
+        sf.write(path, voice(s, take, seconds), SR, subtype="FLOAT")
+    llr = lambda score, x, y: 8.0 * score - 2.0 + weights[0] * np.log(min(x, y)) \
+        + weights[1] * np.log(max(x, y))  # noqa: E731
+    v = calibrated.verify(a, b)
+    assert v.llr == pytest.approx(llr(trained.score(a, b), 1.5, 4.0), abs=1e-6)
+    g = Gallery.open(tmp_path / "g.parquet", calibrated)
+    g.enroll("spk0", [a, c])
+    g.save()
+    assert pq.read_table(tmp_path / "g.parquet").to_pydict()["seconds"] == [pytest.approx(4.0)]
+    found = Gallery.open(tmp_path / "g.parquet", calibrated).identify(b, p_target=0.5)
+    score = found.candidates[0][1]
+    assert (found.speaker == "spk0") == (llr(score, 4.0, 4.0) >= 0.0)
+    assert calibrated.decide(np.array([score]), 0.5, duration_quality([4.0], [4.0]))[0].llr == \
+        pytest.approx(llr(score, 4.0, 4.0))

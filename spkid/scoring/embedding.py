@@ -17,6 +17,7 @@ from spkid.data.audio import audio_info, read_audio
 from spkid.data.views import real_speakers
 from spkid.features.logmel import LogMelExtractor
 from spkid.features.store import FeatureStore, open_features
+from spkid.features.vad import SpeechDetector, detector_for
 from spkid.models.embedding import ViewOutputs, embed_crops, embed_views
 from spkid.models.folder import load_model_dir
 
@@ -35,13 +36,23 @@ class ModelWithConfig:
         return bool(self.config["features"].get("precomputed"))
 
     def embed_recordings(self, paths, batch_frames: int, *, spans=None,
-                         progress: bool = False) -> np.ndarray:
-        """Raw embeddings of whole recordings (or their `spans`), in order."""
+                         progress: bool = False, vad: bool | None = None) -> np.ndarray:
+        """Raw embeddings of whole recordings (or their `spans`), in order, trimmed to their
+        speech as `speech_detector(vad)` says."""
         emb = embed_audio_files(self.model, LogMelExtractor.from_config(self.config["features"]),
                                 paths, batch_frames, self.device, spans=spans,
                                 progress=progress and self.rank == 0,
-                                share=(self.rank, self.world))
+                                share=(self.rank, self.world), detector=self.speech_detector(vad))
         return distributed.add_up(emb, self.world)
+
+    def speech_detector(self, vad: bool | None = None) -> SpeechDetector | None:
+        """The VAD applied to recordings before their log-mels: by default (`vad` None) the
+        one the model's training features were trimmed with (features.vad), so a model
+        hears audio as it was trained on; True asks for one anyway, False for none."""
+        trained = detector_for(self.config["features"])
+        if vad is None:
+            return trained
+        return (trained or SpeechDetector()) if vad else None
 
 
 @dataclass
@@ -72,7 +83,8 @@ class Scoring(ModelWithConfig):
 
 def embed_audio_files(model, extractor, paths, batch_frames: int, device, *,
                       spans=None, extract_batch: int = 32, chunk_frames: int | None = None,
-                      progress: bool = False, share: tuple[int, int] = (0, 1)) -> np.ndarray:
+                      progress: bool = False, share: tuple[int, int] = (0, 1),
+                      detector: SpeechDetector | None = None) -> np.ndarray:
     """(len(paths), embedding_dim) float32 embeddings of whole recordings, in the order of
     `paths`: decode (spkid.data.audio.read_audio), log-mels with `extractor`, then the model's
     embedding on batches of similar length with padding masks, as for val/test views.
@@ -85,7 +97,8 @@ def embed_audio_files(model, extractor, paths, batch_frames: int, device, *,
     `chunk_frames` frames at a time (default 16 * batch_frames), so memory stays bounded
     whatever the number of files. A file that cannot be decoded raises DataError naming it.
     `share` = (rank, world): only every world-th chunk is embedded, the other rows stay zero
-    (as spkid.models.embedding.embed_crops).
+    (as spkid.models.embedding.embed_crops). `detector` (spkid.features.vad) keeps only the
+    speech of each recording, as features.vad does to training audio.
     """
     paths = [p if isinstance(p, np.ndarray) else str(p) for p in paths]
     device = torch.device(device)
@@ -95,7 +108,7 @@ def embed_audio_files(model, extractor, paths, batch_frames: int, device, *,
         return out
     spans = [(None, None)] * len(paths) if spans is None else list(spans)
     frames_per_s = extractor.sample_rate / extractor.hop_length
-    est = np.array([((end if end is not None else _seconds(p, extractor.sample_rate))
+    est = np.array([((end if end is not None else recording_seconds(p, extractor.sample_rate))
                      - (start or 0.0)) * frames_per_s + 1 for p, (start, end) in zip(paths, spans)])
     order = np.argsort(est, kind="stable")
     budget = chunk_frames or 16 * batch_frames
@@ -117,6 +130,9 @@ def embed_audio_files(model, extractor, paths, batch_frames: int, device, *,
             for s in range(0, len(chunk), extract_batch):
                 waves = [_wave(paths[k], extractor.sample_rate, spans[k])
                          for k in chunk[s:s + extract_batch]]
+                if detector is not None:
+                    waves = [detector(w, extractor.sample_rate, _name(paths[k]))
+                             for w, k in zip(waves, chunk[s:s + extract_batch])]
                 feats += extractor(waves)
             store = FeatureStore.from_matrices([str(k) for k in chunk], feats)
             at = np.arange(len(chunk))
@@ -129,7 +145,11 @@ def embed_audio_files(model, extractor, paths, batch_frames: int, device, *,
     return out
 
 
-def _seconds(source, sample_rate: int) -> float:
+def _name(source) -> str:
+    return "an array of samples" if isinstance(source, np.ndarray) else str(source)
+
+
+def recording_seconds(source, sample_rate: int) -> float:
     """Length of a recording: its header's for a file, its samples' for an array."""
     return len(source) / sample_rate if isinstance(source, np.ndarray) else audio_info(source)[0]
 

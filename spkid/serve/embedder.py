@@ -22,8 +22,8 @@ from spkid.features.logmel import LogMelExtractor
 from spkid.features.store import FeatureStore
 from spkid.models.embedding import embed_crops, real_class_logits
 from spkid.models.folder import CONFIG, WEIGHTS, load_model_dir, load_weights, read_config
-from spkid.scoring.calibration import Calibration, bayes_threshold
-from spkid.scoring.embedding import ModelWithConfig
+from spkid.scoring.calibration import Calibration, bayes_threshold, duration_quality
+from spkid.scoring.embedding import ModelWithConfig, recording_seconds
 from spkid.scoring.norm import ScoreNorm
 
 # One recording: a file, or mono samples (numpy array or torch tensor) with their rate.
@@ -104,14 +104,22 @@ class SpeakerModel(ModelWithConfig):
     device: torch.device
     source: Path = Path(".")
     batch_frames: int = 20000
+    vad: bool | None = None
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto", *,
-             config: str | Path | None = None) -> "SpeakerModel":
+             config: str | Path | None = None, vad: bool | None = None) -> "SpeakerModel":
         """The model at `path`: an exported model folder (data/export/model), its model.onnx,
         a training model folder (data/model) or checkpoint (data/checkpoints/last.pt; see
-        load_embedder for `config`). `device`: auto | cpu | cuda (ONNX runs on CPU)."""
-        return cls(*load_embedder(path, pick_device(device), config), source=Path(path))
+        load_embedder for `config`). `device`: auto | cpu | cuda (ONNX runs on CPU).
+        `vad`: keep only the speech of each recording (Silero VAD, the vad extra) before
+        embedding; by default (None) exactly when the model was trained on trimmed audio
+        (features.vad). Windows (embed_segments) keep the recording's timeline: no VAD."""
+        model = cls(*load_embedder(path, pick_device(device), config), source=Path(path), vad=vad)
+        detector = model.speech_detector(vad)
+        if detector is not None:
+            detector.config()  # a missing silero-vad is said now, not at the first call
+        return model
 
     @property
     def sample_rate(self) -> int:
@@ -134,7 +142,7 @@ class SpeakerModel(ModelWithConfig):
     def calibration(self) -> Calibration | None:
         """Scores to log-likelihood ratios, when evaluate fitted one on unseen speakers."""
         c = self.config.get("calibration")
-        return None if c is None else Calibration(c["slope"], c["offset"])
+        return None if c is None else Calibration.from_dict(c)
 
     def warnings(self) -> list[str]:
         """What may make this model's scores of raw audio less trustworthy."""
@@ -163,10 +171,24 @@ class SpeakerModel(ModelWithConfig):
         self.check_decides()
         if not 0 < p_target < 1:
             raise DataError(f"p_target: {p_target} is not a probability strictly between 0 and 1")
-        return self.decide(np.array([self.score(a, b, sample_rate)]), p_target)[0]
+        a, b = (self._source(x, sample_rate) for x in (a, b))
+        quality = None
+        if self.calibration is not None and self.calibration.quality == "duration":
+            quality = duration_quality([self.seconds(a, self.sample_rate)],
+                                       [self.seconds(b, self.sample_rate)])
+        return self.decide(np.array([self.score(a, b, self.sample_rate)]), p_target, quality)[0]
 
-    def decide(self, scores: np.ndarray, p_target: float = 0.5) -> list[Verification]:
-        """The same/different decision on each of `scores` (normalised scores), as verify."""
+    def seconds(self, audio: Audio, sample_rate: int | None = None) -> float:
+        """The length of a recording in seconds (its header's for a file): the duration a
+        calibration weighing durations takes, as evaluate took the manifest's."""
+        return recording_seconds(self._source(audio, sample_rate), self.sample_rate)
+
+    def decide(self, scores: np.ndarray, p_target: float = 0.5,
+               quality: np.ndarray | None = None) -> list[Verification]:
+        """The same/different decision on each of `scores` (normalised scores), as verify;
+        `quality` holds the trials' quality measures where the calibration weighs them
+        (model.json's calibration.quality; "duration": spkid.scoring.calibration's
+        duration_quality of the recordings' seconds)."""
         self.check_decides()
         calibration = self.calibration
         if calibration is None:
@@ -174,7 +196,7 @@ class SpeakerModel(ModelWithConfig):
                     for s in scores]
         threshold = bayes_threshold(p_target)
         return [Verification(float(s), bool(llr >= threshold), threshold, float(llr), p_target)
-                for s, llr in zip(scores, calibration.llr(np.asarray(scores)))]
+                for s, llr in zip(scores, calibration.llr(np.asarray(scores), quality))]
 
     @property
     def identity(self) -> str:
@@ -250,7 +272,7 @@ class SpeakerModel(ModelWithConfig):
     def _raw(self, items: list, sample_rate: int | None) -> np.ndarray:
         """Raw embeddings (as the network outputs them) of recordings, in order."""
         return self.embed_recordings([self._source(x, sample_rate) for x in items],
-                                     self.batch_frames)
+                                     self.batch_frames, vad=self.vad)
 
     def _source(self, audio: Audio, sample_rate: int | None) -> str | np.ndarray:
         """What the embedding loop takes for one input: a file's path (decoded there, a

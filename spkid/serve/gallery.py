@@ -1,6 +1,7 @@
 """Enrolled speakers, to identify later (`spkid enroll` / `spkid identify`): a Parquet
 gallery with one row per speaker: name, embedding (the unit-length mean of the unit-length
-embeddings of the files enrolled), count (how many files) and model (SpeakerModel.identity
+embeddings of the files enrolled), count (how many files), seconds (their total length,
+for a calibration that weighs durations) and model (SpeakerModel.identity
 of the model that enrolled it; a gallery is refused by any other model, whose embeddings
 live in another space).
 
@@ -22,6 +23,7 @@ import pyarrow.parquet as pq
 
 from spkid.core.atomic import atomic_path
 from spkid.core.errors import DataError
+from spkid.scoring.calibration import duration_quality
 from spkid.serve.embedder import Audio, SpeakerModel
 
 UNKNOWN = "unknown"
@@ -47,6 +49,7 @@ class Gallery:
     names: list[str] = field(default_factory=list)
     embeddings: np.ndarray | None = None  # (speakers, dim), unit length
     counts: list[int] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
 
     @classmethod
     def open(cls, path: str | Path, model: SpeakerModel, *, must_exist: bool = False) -> "Gallery":
@@ -60,6 +63,7 @@ class Gallery:
         try:
             table = pq.read_table(path).to_pydict()
             names, counts, models = table["name"], table["count"], table["model"]
+            seconds = table.get("seconds") or [float("nan")] * len(names)  # older galleries
             emb = np.array(table["embedding"], np.float32).reshape(len(names), -1)
         except (OSError, KeyError, ValueError, pa.ArrowException) as exc:
             raise DataError(f"{path}: not a spkid gallery ({str(exc).splitlines()[0]})") from None
@@ -69,6 +73,7 @@ class Gallery:
                             f"{sorted(others)[0][:12]}), not {model.source} "
                             f"({model.identity[:12]}); enrol again with this model")
         gallery.names, gallery.counts, gallery.embeddings = list(names), list(counts), emb
+        gallery.seconds = [float("nan") if x is None else x for x in seconds]
         return gallery
 
     def enroll(self, name: str, audio: Sequence[Audio], sample_rate: int | None = None) -> None:
@@ -78,12 +83,14 @@ class Gallery:
         if isinstance(audio, (str, Path, np.ndarray)) or not len(audio):
             raise DataError(f"{name}: enrolment needs a list of one or more recordings")
         centre = _unit(_unit(self.model.embed(list(audio), sample_rate)).mean(0)).astype(np.float32)
+        seconds = sum(self.model.seconds(x, sample_rate) for x in audio)
         if name in self.names:
             at = self.names.index(name)
-            self.embeddings[at], self.counts[at] = centre, len(audio)
+            self.embeddings[at], self.counts[at], self.seconds[at] = centre, len(audio), seconds
         else:
             self.names.append(name)
             self.counts.append(len(audio))
+            self.seconds.append(seconds)
             self.embeddings = np.concatenate([self.embeddings, centre[None]])
 
     def save(self) -> None:
@@ -91,6 +98,7 @@ class Gallery:
         table = pa.table({"name": pa.array(self.names, pa.string()),
                           "embedding": pa.array(list(self.embeddings), pa.list_(pa.float32())),
                           "count": pa.array(self.counts, pa.int64()),
+                          "seconds": pa.array(self.seconds, pa.float64()),
                           "model": pa.array([self.model.identity] * len(self.names), pa.string())})
         try:
             with atomic_path(self.path) as tmp:
@@ -109,7 +117,9 @@ class Gallery:
         if top < 1:
             raise DataError(f"top: {top} (must be at least 1)")
         single = not isinstance(audio, (list, tuple))
-        tests = self.model.embed([audio] if single else list(audio), sample_rate)
+        items = [audio] if single else list(audio)
+        tests = self.model.embed(items, sample_rate)
+        weighs_durations = getattr(self.model.calibration, "quality", None) == "duration"
         n = len(self.names)
         # Enrolled and test embeddings side by side, every (test, enrolled) pair a trial.
         emb = np.concatenate([self.embeddings, tests])
@@ -117,9 +127,17 @@ class Gallery:
         j = np.tile(np.arange(n), len(tests))
         scores = self.model.norm.decision_scores(emb, i, j).reshape(len(tests), n)
         out = []
-        for row in scores:
+        for row, item in zip(scores, items):
             order = np.argsort(-row, kind="stable")[:top]
-            best = self.model.decide(row[order[:1]], p_target)[0]
+            quality = None
+            if weighs_durations:
+                enrolled = self.seconds[order[0]]
+                if np.isnan(enrolled):
+                    raise DataError(f"{self.path}: {self.names[order[0]]} was enrolled by an "
+                                    "older spkid, without the seconds this model's calibration "
+                                    "weighs: enrol them again")
+                quality = duration_quality([enrolled], [self.model.seconds(item, sample_rate)])
+            best = self.model.decide(row[order[:1]], p_target, quality)[0]
             out.append(Identification(self.names[order[0]] if best.same else UNKNOWN,
                                       [(self.names[k], float(row[k])) for k in order]))
         return out[0] if single else out
