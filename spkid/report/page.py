@@ -9,7 +9,7 @@ import base64
 import html
 from pathlib import Path
 
-from spkid.scoring.roles import unseen_roles
+from spkid.core.roles import unseen_roles
 
 SCORES = (("raw cosine", None), ("mean subtracted", "mean_sub"), ("AS-norm", "asnorm"))
 STYLE = """

@@ -13,7 +13,7 @@ from spkid.scoring.bootstrap import Bootstrap
 from spkid.scoring.calibration import Calibration, calibrated_metrics, duration_quality
 from spkid.scoring.metrics import det_points, eer, min_dcf, verification_summary
 from spkid.scoring.norm import ScoreNorm, cosine_scores
-from spkid.scoring.roles import ROLES, unseen_roles
+from spkid.core.roles import ROLES, unseen_roles
 from spkid.scoring.trials import sample_trials, unseen_trial_lists
 
 
