@@ -13,10 +13,13 @@ from __future__ import annotations
 import threading
 import warnings
 from dataclasses import asdict, dataclass
+from importlib.metadata import version
 
 import numpy as np
+import torch
 
 from spkid.core.errors import ParamsError
+from spkid.data.audio import resample
 
 RATES = (8000, 16000)  # what Silero VAD scores natively
 INSTALL = "pip install -e '.[vad]' (or pip install 'silero-vad>=5')"
@@ -44,12 +47,10 @@ class SpeechDetector:
 
     def segments(self, wave: np.ndarray, sample_rate: int) -> list[tuple[int, int]]:
         """(start, end) sample indices of the speech in `wave` (mono, at `sample_rate`)."""
-        import torch
         _, get_speech_timestamps, model = _silero()
         rate = sample_rate if sample_rate in RATES else 16000
         probe = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
         if rate != sample_rate:
-            from spkid.data.audio import resample
             probe = torch.from_numpy(resample(wave, sample_rate, rate).astype(np.float32))
         with torch.inference_mode():
             found = get_speech_timestamps(
@@ -97,9 +98,7 @@ def _silero():
     """(silero-vad version, get_speech_timestamps, this thread's model), or a one-line
     error saying what to install."""
     try:
-        from importlib.metadata import version
-
-        from silero_vad import get_speech_timestamps, load_silero_vad
+        from silero_vad import get_speech_timestamps, load_silero_vad  # the optional extra
     except ImportError:
         raise ParamsError(f"features.vad (or vad=True) needs silero-vad: {INSTALL}") from None
 
