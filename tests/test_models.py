@@ -527,3 +527,24 @@ def test_voxceleb_recipes_have_the_published_sizes(name):
     if name == "voxceleb_campplus":
         theirs += 512
     assert ours == theirs
+
+
+def test_resnet34_strided_over_time_keeps_an_utterance_s_embedding_whatever_its_padding():
+    """model.time_stride 2 (WeSpeaker's ResNet34): stages 2-4 halve time too, ceil(T / 8)
+    frames, the output mask every 8th input frame, padded frames zero; an utterance embeds
+    alone as in a padded batch, at lengths on and off the stride."""
+    torch.manual_seed(3)
+    net = make_net(encoder="resnet34", base_width=4, time_stride=2, pooling="tstp")
+    lengths = [29, 17, 6, 8]
+    x, mask = padded_batch(lengths, seed=3)
+    randomize_norms(net, seed=3)
+    net.eval()
+    with torch.no_grad():
+        frames = net.encoder(x, mask)
+        out_mask = frame_mask(net.encoder, mask)
+    assert frames.shape == (4, 4, net.encoder.out_dim)  # ceil(29 / 8)
+    assert out_mask.sum(1).tolist() == [-(-n // 8) for n in lengths]
+    assert not frames[~out_mask].any()
+    assert_embeds_as_alone(net, lengths, seed=3)
+    full = make_net(encoder="resnet34", base_width=4, pooling="tstp")
+    assert sum(p.numel() for p in net.parameters()) == sum(p.numel() for p in full.parameters())

@@ -17,7 +17,12 @@ from test_models import ENCODER_SETTINGS, N_MELS, make_net, padded_batch, random
 pytestmark = pytest.mark.skipif(missing() is not None, reason=f"ONNX export unavailable: {missing()}")
 
 
-@pytest.fixture(scope="module", params=sorted(ENCODER_SETTINGS))
+# Every encoder at its test settings, and ResNet34 strided over time (WeSpeaker's).
+VARIANTS = {**{name: dict(encoder=name, **settings) for name, settings in ENCODER_SETTINGS.items()},
+            "resnet34_time_stride": dict(encoder="resnet34", base_width=4, time_stride=2)}
+
+
+@pytest.fixture(scope="module", params=sorted(VARIANTS))
 def exported(request, tmp_path_factory):
     encoder = request.param
     torch.manual_seed(0)
@@ -25,7 +30,7 @@ def exported(request, tmp_path_factory):
         # CAM++ with 2 layers per dense block: every op of the 52-layer model, in a graph the
         # exporter takes ~4 s on instead of ~40 s.
         patch.setattr("spkid.models.campplus.BLOCK_LAYERS", (2, 2, 2))
-        net = make_net(encoder=encoder, pooling="asp", **ENCODER_SETTINGS[encoder])
+        net = make_net(pooling="asp", **VARIANTS[encoder])
     randomize_norms(net)
     net.eval()
     mean = np.random.default_rng(0).normal(size=net.embedding_dim).astype(np.float32)

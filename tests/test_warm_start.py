@@ -68,6 +68,24 @@ def test_same_speakers_take_every_weight_others_a_fresh_head(source, tmp_path):
     save_torch(tmp_path / "best.pt", weights)
     with pytest.raises(ParamsError, match=r"^train\.init_from: .*best\.pt holds no model config"):
         InitModel.read(tmp_path / "best.pt")
+    save_model_dir(tmp_path, None, config)  # the model.json training writes beside its checkpoints
+    model = model_of(config, 3)
+    InitModel.read(tmp_path / "best.pt").load_into(model, config)
+    assert equal(model.state_dict(), weights, head=True)
+
+
+def test_a_model_json_of_an_older_spkid_lacks_newer_keys_and_still_fits(tmp_path):
+    """Keys added to model.* since (growth_rate, time_stride) read as their defaults, which
+    keep what such models computed: the model builds, and init_from takes it."""
+    config = config_for("abc")
+    old = {**config, "model": {k: v for k, v in config["model"].items()
+                               if k not in ("growth_rate", "time_stride")}}
+    weights = model_of(config, 1).state_dict()
+    save_model_dir(tmp_path / "old", weights, old)
+    model = model_of(config, 2)
+    InitModel.read(tmp_path / "old").load_into(model, config)
+    assert equal(model.state_dict(), weights, head=False)
+    assert model_of(old, 1).state_dict().keys() == weights.keys()
 
 
 def test_other_features_or_architecture_are_refused_naming_the_key(source):

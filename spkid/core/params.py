@@ -122,6 +122,8 @@ SCHEMA: dict[str, Any] = {
         "base_width": _f("int", 8, "resnet34: channels of the first stage; campplus: channels "
                          "of the FCM front end", min=4),
         "growth_rate": _f("int", 32, "campplus: channels each dense layer adds", min=2),
+        "time_stride": _f("int", 1, "resnet34: stride over time of stages 2-4 (1 = full time "
+                          "resolution; 2 = WeSpeaker's, 8x fewer frames)", choices=(1, 2)),
         "input_norm": _f("str", "none", "per-utterance mean normalisation of log-mels",
                          choices=("cmn", "none")),
     },

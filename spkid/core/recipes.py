@@ -84,10 +84,10 @@ _VOXCELEB = {
 }
 RECIPES.update({
     # ResNet34-TSTP-emb256 (WeSpeaker: 6.63 M parameters, Vox1-O 0.723 % with LM and
-    # AS-norm). spkid's ResNet34 strides mels only, not time (spkid.models.resnet34): the
-    # same parameters, about 3.7x WeSpeaker's compute (BENCHMARKS.md measures it).
+    # AS-norm), its stages 2-4 strided over time as well as mels, as WeSpeaker's.
     "voxceleb_resnet34": {
-        "model.encoder": "resnet34", "model.base_width": 32, "model.pooling": "tstp",
+        "model.encoder": "resnet34", "model.base_width": 32, "model.time_stride": 2,
+        "model.pooling": "tstp",
         "model.embedding_dim": 256, **_VOXCELEB,
     },
     # ECAPA_TDNN_GLOB_c512-ASTP-emb192 (WeSpeaker: 6.19 M, Vox1-O 0.782 %). spkid's

@@ -11,7 +11,7 @@ import torch
 
 from spkid.core.atomic import atomic_path, write_json
 from spkid.core.errors import DataError, StaleInputError
-from spkid.core.params import Params
+from spkid.core.params import Params, defaults
 from spkid.models.speaker_net import SpeakerNet
 
 WEIGHTS, CONFIG = "model.pt", "model.json"
@@ -22,8 +22,14 @@ def model_config(p, n_mels: int, speakers: list[str], features: dict) -> dict:
             "speakers": list(speakers), "features": features}
 
 
+def model_params(config: dict) -> dict:
+    """config["model"] with the keys a model.json of an older spkid lacks at their defaults,
+    which keep what those models computed (e.g. model.time_stride 1: full time resolution)."""
+    return {**defaults()["model"], **config["model"]}
+
+
 def build_model(config: dict) -> SpeakerNet:
-    return SpeakerNet(Params(config["model"]), Params(config["loss"]), config["n_mels"],
+    return SpeakerNet(Params(model_params(config)), Params(config["loss"]), config["n_mels"],
                       len(config["speakers"]))
 
 

@@ -17,8 +17,7 @@ class TransformerEncoder(nn.Module):
     def __init__(self, n_mels: int, m):
         super().__init__()
         self.prenet = nn.Linear(n_mels, m.d_model)
-        # A model.json written before model.norm existed describes a pre-norm model.
-        norm = getattr(m, "norm", "pre")
+        norm = m.norm
         layer = nn.TransformerEncoderLayer(m.d_model, m.heads, m.ffn_dim, m.dropout,
                                            batch_first=True, norm_first=norm == "pre")
         # Nested tensors would change output shapes with padding; keep dense tensors.

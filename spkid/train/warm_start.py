@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from spkid.core.errors import ParamsError
-from spkid.models.folder import CONFIG, WEIGHTS, read_config
+from spkid.models.folder import CONFIG, WEIGHTS, model_params, read_config
 
 PARAM = "train.init_from"
 HEAD = "head."
@@ -66,6 +66,8 @@ class InitModel:
         architecture differ from this run's `config` (spkid.models.folder.model_config)."""
         for section in ("features", "model"):
             theirs, ours = self.config.get(section) or {}, config[section]
+            if section == "model":  # keys newer than their model.json at what they computed
+                theirs, ours = model_params(self.config), model_params(config)
             for key in sorted(set(theirs) | set(ours)):
                 if section == "model" and key in FREE_MODEL_KEYS:
                     continue
