@@ -61,6 +61,26 @@ def test_verification_summary_is_eer_and_min_dcf_from_one_sort():
         "min_dcf_p05": min_dcf(scores, labels, 0.05, weights=w)}
 
 
+def test_trials_ranked_once_give_each_weighting_the_rates_of_its_own_sort():
+    """RankedTrials keeps the trials a resampling leaves out (weight 0) in its order: every
+    round's EER and minDCF equal those of the drawn trials sorted afresh, bit for bit."""
+    from spkid.scoring.metrics import RankedTrials
+    scores, labels = trials(5)
+    scores = np.round(scores, 1)  # ties, whose thresholds must not split
+    ranked = RankedTrials(scores, labels)
+    rng = np.random.default_rng(4)
+    for _ in range(20):
+        w = rng.integers(0, 3, len(scores)).astype(float)
+        keep = w > 0
+        alone = (scores[keep], labels[keep], w[keep])
+        assert ranked.summary(w) == {
+            "eer": eer(*alone[:2], alone[2])[0],
+            "min_dcf_p01": min_dcf(*alone[:2], 0.01, weights=alone[2]),
+            "min_dcf_p05": min_dcf(*alone[:2], 0.05, weights=alone[2])}
+    with pytest.raises(ValueError, match="no target"):
+        ranked.summary(np.where(labels == 1, 0.0, 1.0))
+
+
 def _speaker_trials(rng, speakers=30, per=6, offset_sd=0.6):
     """Scores with speaker effects: every trial of speaker s is shifted by its own offset, so
     trials of one speaker are not independent (what resampling speakers is for)."""

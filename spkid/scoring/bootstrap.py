@@ -19,13 +19,29 @@ import numpy as np
 def speaker_weights(rng: np.random.Generator, speaker_a, speaker_b) -> np.ndarray:
     """Trial weights of one resampling of the speakers that trials (speaker_a[k],
     speaker_b[k]) are between."""
-    a, b = np.asarray(speaker_a), np.asarray(speaker_b)
-    _, codes = np.unique(np.concatenate([a, b]), return_inverse=True)
-    codes = codes.ravel()
-    n = codes.max() + 1 if len(codes) else 0
-    drawn = rng.multinomial(n, np.full(n, 1.0 / n)) if n else np.zeros(0, np.int64)
-    i, j = codes[:len(a)], codes[len(a):]
-    return np.where(i == j, drawn[i], drawn[i] * drawn[j]).astype(np.float64)
+    return SpeakerCodes.of(speaker_a, speaker_b).weights(rng)
+
+
+class SpeakerCodes:
+    """The trials' two sides as speaker numbers, found once for every resampling."""
+
+    def __init__(self, i: np.ndarray, j: np.ndarray, speakers: int):
+        self.i, self.j, self.speakers = i, j, speakers
+
+    @classmethod
+    def of(cls, speaker_a, speaker_b) -> "SpeakerCodes":
+        a, b = np.asarray(speaker_a), np.asarray(speaker_b)
+        _, codes = np.unique(np.concatenate([a, b]), return_inverse=True)
+        codes = codes.ravel()
+        return cls(codes[:len(a)], codes[len(a):], int(codes.max()) + 1 if len(codes) else 0)
+
+    def weights(self, rng: np.random.Generator) -> np.ndarray:
+        """Trial weights of one resampling of the speakers with replacement: a trial between
+        speakers drawn m and n times counts m * n times (m within one speaker)."""
+        n = self.speakers
+        drawn = rng.multinomial(n, np.full(n, 1.0 / n)) if n else np.zeros(0, np.int64)
+        return np.where(self.i == self.j, drawn[self.i],
+                        drawn[self.i] * drawn[self.j]).astype(np.float64)
 
 
 def trial_weights(rng: np.random.Generator, count: int) -> np.ndarray:
@@ -71,7 +87,7 @@ class Bootstrap:
         if not self.rounds:
             return {}
         by = self.by if speaker_a is not None and speaker_b is not None else "trials"
-        draw = ((lambda rng: speaker_weights(rng, speaker_a, speaker_b)) if by == "speakers"
+        draw = (SpeakerCodes.of(speaker_a, speaker_b).weights if by == "speakers"
                 else (lambda rng: trial_weights(rng, count)))
         names = list(statistics(None))
         values = replicates(lambda w: [statistics(w)[k] for k in names], draw, self.rounds,

@@ -11,7 +11,7 @@ from spkid.core.atomic import write_json
 from spkid.core.errors import DataError
 from spkid.scoring.bootstrap import Bootstrap
 from spkid.scoring.calibration import Calibration, calibrated_metrics, duration_quality
-from spkid.scoring.metrics import det_points, eer, min_dcf, verification_summary
+from spkid.scoring.metrics import RankedTrials, det_points, eer, min_dcf
 from spkid.scoring.norm import ScoreNorm, cosine_scores
 from spkid.core.roles import ROLES, unseen_roles
 from spkid.scoring.trials import sample_trials, unseen_trial_lists
@@ -29,7 +29,7 @@ def verification(scores: np.ndarray, labels: np.ndarray, bootstrap: Bootstrap | 
               "min_dcf_p05": min_dcf(scores, labels, 0.05),
               "trials": int(len(labels)), "target_trials": int(labels.sum())}
     if bootstrap is not None:
-        result.update(bootstrap.intervals(lambda w: verification_summary(scores, labels, w),
+        result.update(bootstrap.intervals(RankedTrials(scores, labels).summary,
                                           len(labels), *(speakers or (None, None))))
     return result, {**det_points(scores, labels), "hist": score_histogram(scores, labels)}
 

@@ -42,17 +42,43 @@ def error_rates(scores, labels, weights=None) -> tuple[np.ndarray, np.ndarray, n
     sample does (spkid.scoring.bootstrap).
     """
     s, y, w = _check_trials(scores, labels, weights)
-    order = np.argsort(s, kind="stable")
-    s, y, w = s[order], y[order], w[order]
-    thr = np.unique(s)
-    # Weight of the target and non-target trials strictly below each threshold.
-    below = np.searchsorted(s, thr, side="left")
-    tar = np.concatenate([[0.0], np.cumsum(np.where(y, w, 0.0))])
-    non = np.concatenate([[0.0], np.cumsum(np.where(y, 0.0, w))])
-    miss = tar[below] / tar[-1]
-    fa = (non[-1] - non[below]) / non[-1]
-    reject_all = np.nextafter(thr[-1], np.inf)
-    return np.append(miss, 1.0), np.append(fa, 0.0), np.append(thr, reject_all)
+    return RankedTrials(s, y).error_rates(w)
+
+
+class RankedTrials:
+    """Trials sorted by score once, so that each weighting of them (a bootstrap round)
+    costs two cumulative sums instead of a sort. A trial of weight 0 keeps its place and
+    moves no rate, so every rate is the one error_rates gives without it (its score only
+    adds a threshold with its neighbour's rates)."""
+
+    def __init__(self, scores, labels):
+        s, y, _ = _check_trials(scores, labels)
+        self.order = np.argsort(s, kind="stable")
+        s = s[self.order]
+        self.y = y[self.order]
+        self.thr = np.unique(s)
+        # Trials strictly below each threshold.
+        self.below = np.searchsorted(s, self.thr, side="left")
+
+    def error_rates(self, weights=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """error_rates' (miss, false alarm, thresholds) with trial weights (default 1)."""
+        w = np.ones(self.y.size) if weights is None else np.asarray(weights, np.float64)[self.order]
+        tar = np.concatenate([[0.0], np.cumsum(np.where(self.y, w, 0.0))])
+        non = np.concatenate([[0.0], np.cumsum(np.where(self.y, 0.0, w))])
+        if tar[-1] == 0:
+            raise ValueError("no target trials (label 1)")
+        if non[-1] == 0:
+            raise ValueError("no non-target trials (label 0)")
+        miss = tar[self.below] / tar[-1]
+        fa = (non[-1] - non[self.below]) / non[-1]
+        reject_all = np.nextafter(self.thr[-1], np.inf)
+        return np.append(miss, 1.0), np.append(fa, 0.0), np.append(self.thr, reject_all)
+
+    def summary(self, weights=None) -> dict[str, float]:
+        """verification_summary of the trials with `weights`."""
+        miss, fa, thr = self.error_rates(weights)
+        return {"eer": _eer_at(miss, fa, thr)[0], "min_dcf_p01": _min_dcf_at(miss, fa, 0.01),
+                "min_dcf_p05": _min_dcf_at(miss, fa, 0.05)}
 
 
 def _eer_index(miss: np.ndarray, fa: np.ndarray) -> int:
@@ -120,8 +146,7 @@ def det_points(scores, labels, max_points: int = 200) -> dict:
 
 
 def verification_summary(scores, labels, weights=None) -> dict[str, float]:
-    """eer, min_dcf_p01 and min_dcf_p05 of trials from one sort (what a bootstrap round
-    recomputes)."""
-    miss, fa, thr = error_rates(scores, labels, weights)
-    return {"eer": _eer_at(miss, fa, thr)[0], "min_dcf_p01": _min_dcf_at(miss, fa, 0.01),
-            "min_dcf_p05": _min_dcf_at(miss, fa, 0.05)}
+    """eer, min_dcf_p01 and min_dcf_p05 of trials from one sort (RankedTrials.summary for
+    many weightings of the same trials)."""
+    s, y, w = _check_trials(scores, labels, weights)
+    return RankedTrials(s, y).summary(w)
