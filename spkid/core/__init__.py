@@ -11,4 +11,5 @@
     install      imports that fail for install reasons, with the fix
     device       CPU or CUDA, and the mixed precision used there
     distributed  the process group under torchrun (a no-op for one process)
+    roles        the roles of an evaluation report (val, test, verify, verify_<list>)
 """

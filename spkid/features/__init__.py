@@ -8,4 +8,5 @@ spkid.data only.
               written over processes and ranks
     waveform  waveform augmentation: generated rooms, speed, noise (the reference the
               log-mel augmentation of training is tested against)
+    vad       speech detection (Silero, the vad extra): recordings cut to their speech
 """

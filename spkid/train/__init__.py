@@ -10,4 +10,5 @@
     averaging    the weights at the last N validations, averaged
     curves       dvclive's per-validation curves
     run          one run around the loop: how it begins, what it leaves
+    warm_start   a run started from a trained model (train.init_from, freeze_steps)
 """
