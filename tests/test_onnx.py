@@ -17,9 +17,12 @@ from test_models import ENCODER_SETTINGS, N_MELS, make_net, padded_batch, random
 pytestmark = pytest.mark.skipif(missing() is not None, reason=f"ONNX export unavailable: {missing()}")
 
 
-# Every encoder at its test settings, and ResNet34 strided over time (WeSpeaker's).
-VARIANTS = {**{name: dict(encoder=name, **settings) for name, settings in ENCODER_SETTINGS.items()},
-            "resnet34_time_stride": dict(encoder="resnet34", base_width=4, time_stride=2)}
+# Every encoder at its test settings; ResNet34 strided over time (WeSpeaker's), whose graph
+# holds every op of the unstrided one plus the mask's subsampling (one export, not two).
+VARIANTS = {**{name: dict(encoder=name, **settings) for name, settings in ENCODER_SETTINGS.items()
+               if name != "resnet34"},
+            "resnet34_time_stride": dict(encoder="resnet34", **ENCODER_SETTINGS["resnet34"],
+                                         time_stride=2)}
 
 
 @pytest.fixture(scope="module", params=sorted(VARIANTS))
