@@ -44,6 +44,5 @@ def identify(inputs: list[Path] = InputsArgument, gallery: Path = GalleryOption,
     path, decision, then the --top enrolled speakers as name:score."""
     files = [f for f, _ in audio_inputs(inputs)]
     enrolled = Gallery.open(gallery, load_model(model, device), must_exist=True)
-    enrolled.model.check_decides()
     for f, found in zip(files, enrolled.identify(files, top=top, p_target=p_target)):
         print("\t".join([str(f), found.speaker, *(f"{n}:{s:.4f}" for n, s in found.candidates)]))

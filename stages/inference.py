@@ -76,7 +76,6 @@ def verify(a: Path = typer.Argument(..., help="first recording"),
     same/different decision: on the calibrated log-likelihood ratio at the Bayes threshold
     of --p-target when the model carries a calibration, else at the EER threshold."""
     a, b, speaker_model = recording(a), recording(b), load_model(model, device, vad)
-    speaker_model.check_decides()
     v = speaker_model.verify(a, b, p_target=p_target)
     decision = f"-> {'same' if v.same else 'different'} speaker"
     if v.llr is None:
@@ -93,6 +92,5 @@ def predict(inputs: list[Path] = InputsArgument, model: Path = ModelOption,
     """The closed-set speaker of each recording and its probability."""
     files = [f for f, _ in audio_inputs(inputs)]
     speaker_model = load_model(model, device, vad)
-    speaker_model.check_closed_set()
     for f, (speaker, prob) in zip(files, speaker_model.predict(files)):
         print(f"{f}\t{speaker}\t{prob:.4f}")

@@ -62,6 +62,25 @@ def read_config(path: str | Path) -> dict:
         raise DataError(f"{path}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
 
 
+def load_torch(path: str | Path):
+    """What a .pt file holds, loaded with weights_only=True (it may come from a stranger);
+    a missing or unreadable file is a DataError naming it."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise DataError(f"{path}: not found") from None
+    except Exception as exc:
+        raise DataError(f"{path}: cannot load weights ({str(exc).splitlines()[0]})") from None
+
+
+def checkpoint_weights(saved) -> dict:
+    """The weights in what load_torch read: a state dict (model.pt, best.pt) as it is, a
+    resumable snapshot's (last.pt) "model" entry (no parameter is named "model")."""
+    if isinstance(saved, dict) and isinstance(saved.get("model"), dict):
+        return saved["model"]
+    return saved
+
+
 def load_model_dir(folder: str | Path, device: str | torch.device = "cpu"):
     """(model in eval mode, config). Weights are loaded with weights_only=True: a model
     directory may come from a stranger."""
@@ -76,14 +95,7 @@ def load_weights(weights: str | Path, config_path: str | Path,
     a resumable snapshot such as last.pt, whose "model" entry holds the weights)."""
     weights, config_path = Path(weights), Path(config_path)
     config = read_config(config_path)
-    try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise DataError(f"{weights}: not found") from None
-    except Exception as exc:
-        raise DataError(f"{weights}: cannot load weights ({str(exc).splitlines()[0]})") from None
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]  # a snapshot's weights; no parameter is named "model"
+    state = checkpoint_weights(load_torch(weights))
     model = build_model(config)
     try:
         model.load_state_dict(state)

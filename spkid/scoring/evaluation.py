@@ -126,7 +126,8 @@ def score_unseen(scoring, rows, meta: dict, e, norm, *, progress: bool = False
     spoken_by = np.asarray([r.speaker for r in rows], object)
     shipped = norm or ScoreNorm()
     # The scores an exported model decides with, the ones `spkid verify` calibrates.
-    decision = lambda i, j: shipped.decision_scores(shipped.center(emb), i, j)  # noqa: E731
+    centred = shipped.center(emb)
+    decision = lambda i, j: shipped.decision_scores(centred, i, j)  # noqa: E731
     quality = trial_quality(rows, e.calibration_quality)
     purpose = {entry["name"]: entry["purpose"] for entry in meta.get("lists", [])}
     fitted = None

@@ -3,14 +3,13 @@ sample of different-speaker ones, or the pairs a trial list names."""
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 
 from spkid.core.errors import DataError, StaleInputError
 from spkid.data.manifest import ManifestRow
-from spkid.data.sources.trials import read_trials_list, trial_lines
+from spkid.data.sources.trials import read_trials_list, trial_list_digest, trial_lines
 
 # Below this many item pairs, sample non-targets from the full pair list (exact and simple);
 # above it, draw random pairs and reject bad ones, so memory stays O(trials), not O(n^2).
@@ -122,7 +121,7 @@ def _listed_pairs(entry: dict, where: dict, by_id: bool, verify_dir: str | None)
     trials = Path(entry["trials"])
     if not trials.is_file():
         raise DataError(f"{trials}: trial list not found")
-    if hashlib.sha256(trials.read_bytes()).hexdigest() != entry.get("trials_sha256"):
+    if trial_list_digest(trials) != entry.get("trials_sha256"):
         raise StaleInputError(f"{trials}: trial list changed since it was scanned")
     if by_id:
         pairs = [(label, a, b) for _, label, a, b in trial_lines(trials)]

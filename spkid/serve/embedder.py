@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Sequence, Union
 
@@ -198,7 +199,7 @@ class SpeakerModel(ModelWithConfig):
         return [Verification(float(s), bool(llr >= threshold), threshold, float(llr), p_target)
                 for s, llr in zip(scores, calibration.llr(np.asarray(scores), quality))]
 
-    @property
+    @cached_property
     def identity(self) -> str:
         """What makes this model's embeddings what they are, hashed: the weights file (for
         an .onnx file the model.pt it was exported from, whose embeddings it reproduces),

@@ -17,6 +17,7 @@ from spkid.core.errors import DataError
 from spkid.core.install import require_torchaudio
 from spkid.data.audio import find_noise, read_audio
 from spkid.features.logmel import LogMelExtractor
+from spkid.models.pooling import masked_mean
 
 
 class SpecAugment(torch.nn.Module):
@@ -40,9 +41,9 @@ class SpecAugment(torch.nn.Module):
         frames are left as they were."""
         level = 0.0
         if self.fill == "mean":
-            w = (torch.ones(x.shape[:2], dtype=torch.bool, device=x.device) if mask is None
-                 else mask).unsqueeze(-1).to(x.dtype)
-            level = (x * w).sum(1, keepdim=True) / w.sum(1, keepdim=True).clamp_min(1.0)
+            real = (torch.ones(x.shape[:2], dtype=torch.bool, device=x.device) if mask is None
+                    else mask)
+            level = masked_mean(x, real).unsqueeze(1)
         spec = (x - level).transpose(1, 2).unsqueeze(1)  # torchaudio wants (B, C, freq, time)
         for band in self.time + self.freq:
             spec = band(spec)

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import torch
 
-from spkid.core.errors import ParamsError
-from spkid.models.folder import CONFIG, WEIGHTS, model_params, read_config
+from spkid.core.errors import DataError, ParamsError
+from spkid.models.folder import (CONFIG, WEIGHTS, checkpoint_weights, load_torch, model_params,
+                                 read_config)
 
 PARAM = "train.init_from"
 HEAD = "head."
@@ -50,8 +51,7 @@ class InitModel:
                 raise ParamsError(f"{PARAM}: {exc}") from None
             return cls(path, config, _load(files[1]))
         snapshot = _load(path)
-        weights = snapshot.get("model") if isinstance(snapshot, dict) else None
-        weights = weights if isinstance(weights, dict) else snapshot  # best.pt: the weights
+        weights = checkpoint_weights(snapshot)
         config = snapshot.get("config") if isinstance(snapshot, dict) else None
         if not isinstance(config, dict) and (path.parent / CONFIG).is_file():
             config = read_config(path.parent / CONFIG)  # the model.json training writes beside
@@ -94,14 +94,11 @@ class InitModel:
                    f"{len(self.config.get('speakers', []))})"))
 
 
-def _load(path: Path) -> dict:
+def _load(path: Path):
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ParamsError(f"{PARAM}: {path}: not found") from None
-    except Exception as exc:
-        raise ParamsError(f"{PARAM}: {path}: cannot load weights "
-                          f"({str(exc).splitlines()[0]})") from None
+        return load_torch(path)
+    except DataError as exc:  # naming the file; say which param led there
+        raise ParamsError(f"{PARAM}: {exc}") from None
 
 
 def _head(key: str) -> bool:

@@ -7,6 +7,7 @@ the same speaker. Two formats, told apart per line:
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -68,3 +69,9 @@ def trial_lines(path: str | Path) -> list[tuple[int, int, str, str]]:
     if not trials:
         raise DataError(f"{path}: trial list has no trials")
     return trials
+
+
+def trial_list_digest(path: str | Path) -> str:
+    """The SHA-256 of a trial list's bytes, kept in the verification manifest: editing a
+    label changes it."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

@@ -21,7 +21,6 @@ once. spkid.scoring.trials.unseen_trial_lists turns the rows back into each list
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from pathlib import Path, PurePosixPath
@@ -31,7 +30,7 @@ from spkid.data.manifest import ManifestRow
 from spkid.data.sources.audio_dir import audio_rows, scan_unseen_folder
 from spkid.data.sources.checks import AudioChecks
 from spkid.data.sources.kaldi import is_kaldi_dir, scan_kaldi
-from spkid.data.sources.trials import read_trials_list, trial_lines
+from spkid.data.sources.trials import read_trials_list, trial_list_digest, trial_lines
 
 FORMAT = "verify"
 
@@ -90,7 +89,7 @@ def scan_unseen_speakers(verify_dir: str | Path | None, trials, checks: AudioChe
         path = Path(entry["trials"])
         pairs = read_trials_list(path, root)
         files.update(f for _, a, b in pairs for f in (a, b))
-        entry.update(pairs=len(pairs), trials_sha256=_sha256(path))
+        entry.update(pairs=len(pairs), trials_sha256=trial_list_digest(path))
     # One folder holds every list's audio: verify_dir, else the lists' common folder.
     base = root or Path(os.path.commonpath([f.parent for f in files]))
     rels = [PurePosixPath(Path(os.path.relpath(f, base)).as_posix()) for f in sorted(files)]
@@ -122,9 +121,6 @@ def _scan_kaldi_unseen(folder: Path, lists: list[dict], checks: AudioChecks | No
                 if utt not in known:
                     raise DataError(f"{entry['trials']}:{lineno}: utterance {utt!r} is not in "
                                     f"the Kaldi folder {folder} (wav.scp, segments)")
-        entry.update(pairs=len(lines[entry["name"]]), trials_sha256=_sha256(entry["trials"]))
+        entry.update(pairs=len(lines[entry["name"]]),
+                     trials_sha256=trial_list_digest(entry["trials"]))
     return rows, {**meta, "kind": "trials", "lists": lists}
-
-
-def _sha256(path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
